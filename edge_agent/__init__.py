@@ -1,0 +1,1 @@
+"""edge_agent: planned; see the project's issues."""

@@ -1,0 +1,218 @@
+"""The KServe v2 ``GRPCInferenceService``: converts messages and delegates to the data plane.
+
+Every RPC goes through one error guard: project errors become their status code from
+:func:`edgefabric.errors.grpc_status_for`; anything else becomes INTERNAL with a correlation id
+(the details go to the log only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from edgefabric.dataplane import DataPlane
+from edgefabric.errors import EdgefabricError, OverloadedError, UnsupportedError, grpc_status_for
+from edgefabric.kserve import converters
+
+__all__ = ["InferenceServicer"]
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def _internal_message(exc: BaseException, rpc: str) -> str:
+    correlation_id = uuid.uuid4().hex[:12]
+    log.error("%s failed (correlation id %s)", rpc, correlation_id, exc_info=exc)
+    return f"internal error; correlation id {correlation_id}"
+
+
+async def abort_with(context: Context, exc: Exception, rpc: str) -> None:
+    """End the RPC with the status that ``exc`` travels as."""
+    if isinstance(exc, EdgefabricError):
+        trailing: tuple[tuple[str, str], ...] = ()
+        if isinstance(exc, OverloadedError):
+            trailing = (("retry-after-ms", str(exc.retry_after_ms)),)
+        await context.abort(grpc_status_for(exc), str(exc), trailing_metadata=trailing)
+    await context.abort(grpc.StatusCode.INTERNAL, _internal_message(exc, rpc))
+
+
+def guarded(
+    method: Callable[[InferenceServicer, Req, Context], Awaitable[Resp]],
+) -> Callable[[InferenceServicer, Req, Context], Awaitable[Resp]]:
+    """Apply the error table to one unary RPC."""
+
+    @functools.wraps(method)
+    async def wrapper(self: InferenceServicer, request: Req, context: Context) -> Resp:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:  # the one place foreign errors turn into statuses
+            await abort_with(context, exc, method.__name__)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    return wrapper
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """``inference.GRPCInferenceService`` over a :class:`DataPlane`."""
+
+    def __init__(self, data: DataPlane) -> None:
+        self._data = data
+
+    @guarded
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._data.live())
+
+    @guarded
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._data.ready())
+
+    @guarded
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        info = self._data.info
+        return pb.ServerMetadataResponse(
+            name=info.name, version=info.version, extensions=list(info.extensions)
+        )
+
+    @guarded
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._data.model_ready(request.name, request.version))
+
+    @guarded
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        served, version = self._data.resolve(request.name, request.version)
+        versions = [version.version] if request.version else list(served.versions)
+        return converters.metadata_to_proto(served.signature, versions, served.config.platform)
+
+    @guarded
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self._data.model_config(request.name, request.version))
+
+    @guarded
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        return await self._infer(request, context.time_remaining())
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, time_remaining_s: float | None
+    ) -> pb.ModelInferResponse:
+        decoded = converters.request_from_proto(
+            request, now_s=time.monotonic(), time_remaining_s=time_remaining_s
+        )
+        return converters.response_to_proto(await self._data.infer(decoded))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests run concurrently; each answer (or error) is sent as soon as it is ready."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                response = await self._infer(request, None)
+                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+            except Exception as exc:  # reported in-band; the stream goes on
+                message = (
+                    str(exc)
+                    if isinstance(exc, EdgefabricError)
+                    else _internal_message(exc, "ModelStreamInfer")
+                )
+                echo = pb.ModelInferResponse(
+                    id=request.id,
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                )
+                await answers.put(
+                    pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+                )
+
+        async def read_requests() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(answer(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+            await answers.put(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    @guarded
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        rows = self._data.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(
+            model_stats=[converters.statistics_to_proto(*row) for row in rows]
+        )
+
+    @guarded
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        return converters.index_to_proto(self._data.repository_index(ready_only=request.ready))
+
+    @guarded
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        params = converters.parameters_from_proto(request.parameters)
+        if any(key.startswith("file:") for key in params):
+            raise UnsupportedError("loading models from uploaded files is not supported")
+        config = params.get("config", "")
+        await self._data.load_model(request.model_name, str(config))
+        return pb.RepositoryModelLoadResponse()
+
+    @guarded
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._data.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _unsupported(self, request: object, context: Context) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "shared memory, trace and log settings are not supported; send tensor contents",
+        )
+
+    SystemSharedMemoryStatus = _unsupported
+    SystemSharedMemoryRegister = _unsupported
+    SystemSharedMemoryUnregister = _unsupported
+    CudaSharedMemoryStatus = _unsupported
+    CudaSharedMemoryRegister = _unsupported
+    CudaSharedMemoryUnregister = _unsupported
+    TraceSetting = _unsupported
+    LogSettings = _unsupported

@@ -1,0 +1,117 @@
+"""Tensor codecs: KServe v2 raw/typed contents <-> numpy, with messages that say what went wrong.
+
+Raw contents decode without copying (``np.frombuffer``); the arrays are read-only views of the
+request bytes. BYTES elements travel as a 4-byte little-endian length followed by the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgefabric.errors import InvalidInputError
+from edgefabric.kserve.datatypes import DataType, by_numpy
+
+__all__ = [
+    "decode_bytes_elements",
+    "decode_raw",
+    "decode_typed",
+    "element_count",
+    "encode_bytes_elements",
+    "encode_raw",
+]
+
+_LENGTH = struct.Struct("<I")
+
+
+def element_count(shape: Sequence[int], *, what: str) -> int:
+    """Number of elements of ``shape``; negative dims are rejected."""
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInputError(f"{what}: shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
+
+
+def decode_bytes_elements(raw: bytes, count: int, *, what: str) -> NDArray[np.object_]:
+    """Split length-prefixed BYTES contents into exactly ``count`` elements."""
+    elements: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if len(raw) - offset < _LENGTH.size:
+            raise InvalidInputError(
+                f"{what}: BYTES element {len(elements)} has a truncated 4-byte length prefix "
+                f"({len(raw) - offset} bytes left)"
+            )
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += _LENGTH.size
+        if length > len(raw) - offset:
+            raise InvalidInputError(
+                f"{what}: BYTES element {len(elements)} declares {length} bytes "
+                f"but only {len(raw) - offset} remain"
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(elements) != count:
+        raise InvalidInputError(
+            f"{what}: shape needs {count} BYTES elements, raw contents hold {len(elements)}"
+        )
+    array = np.empty(count, dtype=np.object_)
+    array[:] = elements
+    return array
+
+
+def encode_bytes_elements(array: NDArray[np.generic]) -> bytes:
+    """Length-prefix every element of a BYTES tensor (str is encoded as UTF-8)."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1).tolist():
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def decode_raw(
+    raw: bytes, datatype: DataType, shape: Sequence[int], *, what: str
+) -> NDArray[np.generic]:
+    """Decode raw contents into an array of ``shape`` (zero-copy for fixed-width types)."""
+    count = element_count(shape, what=what)
+    if datatype.itemsize is None:
+        return decode_bytes_elements(raw, count, what=what).reshape(shape)
+    expected = count * datatype.itemsize
+    if len(raw) != expected:
+        raise InvalidInputError(
+            f"{what}: shape {list(shape)} needs {expected} bytes of {datatype.name}, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=datatype.numpy).reshape(shape)
+
+
+def decode_typed(
+    values: Sequence[object], datatype: DataType, shape: Sequence[int], *, what: str
+) -> NDArray[np.generic]:
+    """Decode typed ``InferTensorContents`` values into an array of ``shape``."""
+    count = element_count(shape, what=what)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"{what}: shape {list(shape)} needs {count} {datatype.name} values, got {len(values)}"
+        )
+    if datatype.itemsize is None:
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.array(values, dtype=datatype.numpy).reshape(shape)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInputError(f"{what}: values do not fit {datatype.name}: {exc}") from None
+
+
+def encode_raw(array: NDArray[np.generic]) -> tuple[DataType, bytes]:
+    """The KServe datatype and raw bytes (C order) of an output array."""
+    datatype = by_numpy(array.dtype)
+    if datatype.itemsize is None:
+        return datatype, encode_bytes_elements(array)
+    return datatype, np.ascontiguousarray(array).tobytes()

@@ -1,0 +1,1 @@
+"""Model configuration, signatures and the Triton-layout model repository."""

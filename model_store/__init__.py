@@ -1,0 +1,1 @@
+"""model_store: planned; see the project's issues."""
