@@ -37,7 +37,7 @@ class KServeServer:
         self.server = server
         self.port = port
         self._data = data
-        self.health = health.aio.HealthServicer()  # re-exported at runtime, unseen by mypy
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import
 
     async def mark(self, status: int) -> None:
         """Set the health status of the whole server and of the inference service."""
