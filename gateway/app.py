@@ -28,6 +28,7 @@ class Gateway:
                 providers=settings.execution_providers,
                 intra_op_threads=settings.intra_op_threads,
                 inter_op_threads=settings.inter_op_threads,
+                inline_max_us=settings.inline_max_us,
             )
         )
         self.repository = ModelRepository(

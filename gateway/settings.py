@@ -39,6 +39,12 @@ class GatewaySettings(BaseSettings):
     inter_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime inter-op threads; 0: ORT decides."
     )
+    inline_max_us: int = Field(
+        100,
+        ge=0,
+        description="Models averaging below this many microseconds per run execute on the "
+        "event loop thread instead of a worker thread (a thread hand-off costs more); 0: never.",
+    )
     drain_grace_s: float = Field(
         10.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM."
     )

@@ -60,11 +60,15 @@ class OrtOptions:
 
     ``providers``: execution providers in order of preference; empty means the best the
     installed onnxruntime offers. Thread counts of 0 let ONNX Runtime decide.
+    ``inline_max_us``: a model whose executions average below this runs on the calling
+    thread when a session is free, because handing it to a worker thread would cost more
+    than the work itself (0 always uses worker threads).
     """
 
     providers: tuple[str, ...] = ()
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    inline_max_us: int = 100
 
 
 def choose_providers(
@@ -152,6 +156,8 @@ class OrtModel:
         self._executor = ThreadPoolExecutor(
             max_workers=max(instance_count, 1), thread_name_prefix=f"ort-{path.parent.name}"
         )
+        self._inline_max_ns = options.inline_max_us * 1000
+        self._mean_infer_ns: float | None = None  # moving average; None until the first run
 
     @property
     def graph_inputs(self) -> Sequence[GraphTensor]:
@@ -169,11 +175,16 @@ class OrtModel:
         return self._provider
 
     def run(self, inputs: Tensors, output_names: Sequence[str]) -> tuple[Tensors, RunTimings]:
-        """Run on a free session (blocking; call from a worker thread)."""
+        """Run on the next free session (blocking; call from a worker thread)."""
+        return self._run_on(self._sessions.get(), inputs, output_names)
+
+    def _run_on(
+        self, session: ort.InferenceSession, inputs: Tensors, output_names: Sequence[str]
+    ) -> tuple[Tensors, RunTimings]:
+        """Run on ``session``, which this call owns and hands back to the pool."""
         start = time.perf_counter_ns()
-        feed = {name: _to_ort_input(name, array) for name, array in inputs.items()}
-        session = self._sessions.get()
         try:
+            feed = {name: _to_ort_input(name, array) for name, array in inputs.items()}
             began = time.perf_counter_ns()
             if self._needs_ort_values:
                 ort_feed = {
@@ -193,17 +204,27 @@ class OrtModel:
         finally:
             self._sessions.put(session)
         outputs = dict(zip(output_names, results, strict=True))
+        infer_ns = ended - began
+        mean = self._mean_infer_ns
+        self._mean_infer_ns = infer_ns if mean is None else mean + (infer_ns - mean) / 16
         done = time.perf_counter_ns()
         return outputs, RunTimings(
-            input_ns=began - start, infer_ns=ended - began, output_ns=done - ended
+            input_ns=began - start, infer_ns=infer_ns, output_ns=done - ended
         )
 
     async def infer(
         self, inputs: Tensors, output_names: Sequence[str]
     ) -> tuple[Tensors, RunTimings]:
-        """Run on a worker thread; the event loop stays free."""
+        """Run inline when the model is tiny and a session is free, else on a worker thread."""
+        mean = self._mean_infer_ns
+        if mean is not None and mean < self._inline_max_ns:
+            try:
+                session = self._sessions.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                return self._run_on(session, inputs, output_names)
         submitted = time.perf_counter_ns()
-        loop = asyncio.get_running_loop()
 
         def timed() -> tuple[Tensors, RunTimings]:
             queue_ns = time.perf_counter_ns() - submitted
@@ -212,7 +233,7 @@ class OrtModel:
                 queue_ns, timings.input_ns, timings.infer_ns, timings.output_ns
             )
 
-        return await loop.run_in_executor(self._executor, timed)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
 
     def close(self) -> None:
         """Stop the worker threads once queued work is done and drop the sessions."""

@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmarks: latency summaries and a gateway subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def summarize(latencies_s: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/mean in milliseconds."""
+    ms = np.asarray(latencies_s) * 1e3
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p90_ms": round(float(np.percentile(ms, 90)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "count": len(ms),
+    }
+
+
+def emit(result: dict[str, Any], sink: list[dict[str, Any]]) -> None:
+    """Print one JSON object per result and keep it for the results file."""
+    print(json.dumps(result), flush=True)
+    sink.append(result)
+
+
+def save(name: str, results: list[dict[str, Any]]) -> Path:
+    """Write every result of a run to bench/results/<name>.json."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+@contextmanager
+def gateway_process(repository: Path, *extra: str) -> Iterator[str]:
+    """Run ``edgefabric gateway serve`` in its own process; yields host:port."""
+    command = [
+        sys.executable, "-m", "edgefabric.cli", "--log-level", "WARNING", "gateway", "serve",
+        "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "-1", *extra,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"gateway did not start: {line!r}")
+        yield line.rsplit(" ", 1)[1].strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
