@@ -32,7 +32,7 @@ types: venv
 check: lint types test
 
 demo: venv
-	$(PY) deploy/demo.py
+	$(PY) -m deploy.demo
 
 bench: venv
 	$(PY) bench/overhead.py

@@ -23,16 +23,22 @@ __all__ = [
     "element_count",
     "encode_bytes_elements",
     "encode_raw",
+    "shape_text",
 ]
 
 _LENGTH = struct.Struct("<I")
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``[2,3]``: a shape as error messages write it (protobuf shapes are not lists)."""
+    return "[" + ",".join(str(dim) for dim in shape) + "]"
 
 
 def element_count(shape: Sequence[int], *, what: str) -> int:
     """Number of elements of ``shape``; negative dims are rejected."""
     for dim in shape:
         if dim < 0:
-            raise InvalidInputError(f"{what}: shape {list(shape)} has a negative dimension")
+            raise InvalidInputError(f"{what}: shape {shape_text(shape)} has a negative dimension")
     return math.prod(shape)
 
 
@@ -85,7 +91,8 @@ def decode_raw(
     expected = count * datatype.itemsize
     if len(raw) != expected:
         raise InvalidInputError(
-            f"{what}: shape {list(shape)} needs {expected} bytes of {datatype.name}, got {len(raw)}"
+            f"{what}: shape {shape_text(shape)} needs {expected} bytes of {datatype.name}, "
+            f"got {len(raw)}"
         )
     return np.frombuffer(raw, dtype=datatype.numpy).reshape(shape)
 
@@ -97,7 +104,8 @@ def decode_typed(
     count = element_count(shape, what=what)
     if len(values) != count:
         raise InvalidInputError(
-            f"{what}: shape {list(shape)} needs {count} {datatype.name} values, got {len(values)}"
+            f"{what}: shape {shape_text(shape)} needs {count} {datatype.name} values, "
+            f"got {len(values)}"
         )
     if datatype.itemsize is None:
         array = np.empty(count, dtype=np.object_)

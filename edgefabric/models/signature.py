@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from edgefabric.errors import InvalidInputError
 from edgefabric.inference import InferenceRequest
-from edgefabric.kserve.datatypes import DataType, by_config_type
+from edgefabric.kserve.datatypes import DATATYPES, DataType, by_config_type
 
 __all__ = ["ModelSignature", "TensorSpec"]
 
@@ -32,6 +33,11 @@ class TensorSpec:
 
 def _shape_text(dims: Sequence[int]) -> str:
     return "[" + ",".join(str(d) for d in dims) + "]"
+
+
+def _datatype_text(dtype: np.dtype[np.generic]) -> str:
+    """An arrived dtype in the client's words: ``INT32``, not ``int32`` (numpy's otherwise)."""
+    return next((dt.name for dt in DATATYPES.values() if dt.numpy == dtype), str(dtype))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +100,13 @@ class ModelSignature:
     def _check_input(
         self,
         spec: TensorSpec,
-        dtype: object,
+        dtype: np.dtype[np.generic],
         shape: tuple[int, ...],
         rows: tuple[str, int] | None,
     ) -> tuple[str, int] | None:
         what = f"input {spec.name!r}"
         if dtype != spec.datatype.numpy:
-            got = "BYTES" if getattr(dtype, "kind", "") == "O" else str(dtype)
+            got = _datatype_text(dtype)
             raise InvalidInputError(f"{what}: expected datatype {spec.datatype.name}, got {got}")
         expected = _shape_text(self.full_shape(spec))
         if self.max_batch_size <= 0:
