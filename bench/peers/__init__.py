@@ -1,0 +1,1 @@
+"""Peer servers (Seldon MLServer, Triton) for side-by-side benchmarks; see launch.py."""
