@@ -83,7 +83,11 @@ class DataPlane:
                 )
             output_names = request.requested_outputs or served.signature.output_names
             with version.in_use() as model:
-                outputs, timings = await model.infer(request.inputs, output_names)
+                if version.batcher is not None:
+                    outputs = await version.batcher.infer(request, output_names)
+                else:
+                    outputs, timings = await model.infer(request.inputs, output_names)
+                    version.stats.record_execution(timings, request.batch_rows, requests=1)
         except EdgefabricError as exc:
             elapsed = time.perf_counter_ns() - arrived
             version.stats.record_failure(elapsed)
@@ -92,7 +96,6 @@ class DataPlane:
             )
             raise
         elapsed = time.perf_counter_ns() - arrived
-        version.stats.record_execution(timings, request.batch_rows, requests=1)
         version.stats.record_success(elapsed)
         self.metrics.observe(served.name, version_label, "OK", elapsed / 1e9)
         return InferenceResponse(

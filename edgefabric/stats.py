@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edgefabric.runtime.base import RunTimings
@@ -55,6 +56,19 @@ class VersionStats:
     def record_execution(self, timings: RunTimings, rows: int, *, requests: int) -> None:
         """One execution of ``rows`` rows serving ``requests`` requests."""
         self.queue.add(timings.queue_ns * requests, requests)
+        self._record_compute(timings, rows, requests)
+
+    def record_batch(self, timings: RunTimings, rows: int, queue_ns: Sequence[int]) -> None:
+        """One batched execution of ``rows`` rows serving ``len(queue_ns)`` requests.
+
+        ``queue_ns[i]`` is how long request ``i`` waited in the batcher; the runtime's own
+        ``timings.queue_ns`` is added to each, so queue time counts once per request.
+        """
+        requests = len(queue_ns)
+        self.queue.add(sum(queue_ns) + timings.queue_ns * requests, requests)
+        self._record_compute(timings, rows, requests)
+
+    def _record_compute(self, timings: RunTimings, rows: int, requests: int) -> None:
         self.compute_input.add(timings.input_ns * requests, requests)
         self.compute_infer.add(timings.infer_ns * requests, requests)
         self.compute_output.add(timings.output_ns * requests, requests)

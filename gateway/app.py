@@ -8,6 +8,7 @@ import signal
 
 from edgefabric.dataplane import DataPlane
 from edgefabric.kserve.server import KServeServer, ServerOptions, start_server
+from edgefabric.metrics import ServingMetrics
 from edgefabric.models.repository import ModelRepository
 from edgefabric.runtime.base import Runtime
 from edgefabric.runtime.onnx import OnnxRuntime, OrtOptions
@@ -31,12 +32,14 @@ class Gateway:
                 inline_max_us=settings.inline_max_us,
             )
         )
+        metrics = ServingMetrics()
         self.repository = ModelRepository(
             settings.model_repository,
             runtime,
             default_max_batch_size=settings.default_max_batch_size,
+            metrics=metrics,
         )
-        self.data = DataPlane(self.repository)
+        self.data = DataPlane(self.repository, metrics=metrics)
         self._server: KServeServer | None = None
         self.metrics_port: int | None = None
 

@@ -19,12 +19,14 @@ from pathlib import Path
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from edgefabric.batching import BatchingConfig, BatchScheduler
 from edgefabric.errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
 )
+from edgefabric.metrics import ServingMetrics
 from edgefabric.models.config import (
     DEFAULT_MODEL_FILENAME,
     complete_config,
@@ -57,6 +59,7 @@ class ServedVersion:
     model: LoadedModel
     fingerprint: tuple[object, ...]
     stats: VersionStats = field(default_factory=VersionStats)
+    batcher: BatchScheduler | None = None
     _inflight: int = 0
     _retired: bool = False
 
@@ -133,9 +136,17 @@ def _version_folders(model_dir: Path, filename: str) -> dict[int, Path]:
 class ModelRepository:
     """Loads, swaps and unloads the models of one repository folder."""
 
-    def __init__(self, root: Path, runtime: Runtime, *, default_max_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        root: Path,
+        runtime: Runtime,
+        *,
+        default_max_batch_size: int = 64,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
         self.root = root
         self._runtime = runtime
+        self._metrics = metrics
         self._default_max_batch_size = default_max_batch_size
         self._models: dict[str, ServedModel] = {}
         self._states: dict[str, tuple[ModelState, str]] = {}
@@ -267,6 +278,20 @@ class ModelRepository:
                 source=str(model_dir),
             )
             signature = ModelSignature.from_config(completed)
+            try:
+                batching = BatchingConfig.from_model_config(completed)
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from None
+            for number, version in versions.items():
+                if batching is not None and version.batcher is None:
+                    version.batcher = BatchScheduler(
+                        batching,
+                        version.model,
+                        version.stats,
+                        self._metrics,
+                        model_name=name,
+                        version=str(number),
+                    )
         except Exception:
             for version in versions.values():
                 if version not in reusable.values():

@@ -12,7 +12,11 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_runs_the_fabric_and_calls_it():
     done = subprocess.run(
-        [sys.executable, "-m", "deploy.demo"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "deploy.demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "mlp: 4 rows -> predicted classes" in done.stdout
@@ -24,7 +28,15 @@ def test_demo_runs_the_fabric_and_calls_it():
 def test_cli_refuses_a_missing_repository_clearly(tmp_path):
     missing = tmp_path / "nowhere"
     done = subprocess.run(
-        [sys.executable, "-m", "edgefabric.cli", "gateway", "serve", "--model-repository", str(missing)],
+        [
+            sys.executable,
+            "-m",
+            "edgefabric.cli",
+            "gateway",
+            "serve",
+            "--model-repository",
+            str(missing),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
