@@ -42,8 +42,8 @@ def save(name: str, results: list[dict[str, Any]]) -> Path:
 
 
 @contextmanager
-def gateway_process(repository: Path, *extra: str) -> Iterator[str]:
-    """Run ``edgefabric gateway serve`` in its own process; yields host:port."""
+def gateway_process(repository: Path, *extra: str) -> Iterator[tuple[str, int]]:
+    """Run ``edgefabric gateway serve`` in its own process; yields (host:port, pid)."""
     command = [
         sys.executable, "-m", "edgefabric.cli", "--log-level", "WARNING", "gateway", "serve",
         "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "-1", *extra,
@@ -54,7 +54,15 @@ def gateway_process(repository: Path, *extra: str) -> Iterator[str]:
         line = process.stdout.readline()
         if "listening on" not in line:
             raise RuntimeError(f"gateway did not start: {line!r}")
-        yield line.rsplit(" ", 1)[1].strip()
+        yield line.rsplit(" ", 1)[1].strip(), process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")

@@ -58,7 +58,7 @@ def main() -> None:
         )
         emit({"bench": "overhead", "target": "onnxruntime_in_process", **in_process}, results)
 
-        with gateway_process(repository) as address:
+        with gateway_process(repository) as (address, _pid):
             request = pb.ModelInferRequest(model_name="mlp")
             request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
             request.raw_input_contents.append(x.tobytes())

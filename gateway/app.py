@@ -61,6 +61,7 @@ class Gateway:
                 address=self.settings.grpc_address,
                 port=self.settings.grpc_port,
                 max_message_bytes=self.settings.max_message_bytes,
+                max_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
             ),
         )
         if self.settings.metrics_port >= 0:

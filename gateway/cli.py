@@ -25,6 +25,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--metrics-port", type=int, help="Prometheus port (default 8002; -1 = off)")
     serve.add_argument("--max-message-bytes", type=int, help="largest message accepted")
     serve.add_argument(
+        "--max-concurrent-rpcs", type=int, help="shed RPCs beyond this many in progress (0 = off)"
+    )
+    serve.add_argument(
         "--execution-provider",
         dest="execution_providers",
         action="append",

@@ -27,6 +27,12 @@ class GatewaySettings(BaseSettings):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest request or response message, in bytes."
     )
+    max_concurrent_rpcs: int = Field(
+        512,
+        ge=0,
+        description="RPCs in progress beyond which gRPC sheds new ones at once with "
+        "RESOURCE_EXHAUSTED, before they queue in the process; 0: no limit.",
+    )
     default_max_batch_size: int = Field(
         64, ge=1, description="max_batch_size given to batchable models that have no config.pbtxt."
     )

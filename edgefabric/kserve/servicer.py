@@ -58,6 +58,11 @@ def guarded(
         try:
             return await method(self, request, context)
         except Exception as exc:  # the one place foreign errors turn into statuses
+            remaining = context.time_remaining()
+            if context.done() or (remaining is not None and remaining <= 0):
+                # The client's deadline passed or it left: gRPC has answered it already.
+                log.debug("%s ended before its answer: %s", method.__name__, exc)
+                raise asyncio.CancelledError from None
             await abort_with(context, exc, method.__name__)
             raise AssertionError("unreachable: abort raises") from exc
 
