@@ -15,6 +15,7 @@ from types import MappingProxyType
 from tritonclient.grpc import model_config_pb2 as mc
 
 from edgefabric.errors import InvalidInputError
+from edgefabric.models.config import instance_count
 
 __all__ = ["BatchingConfig", "QueuePolicy", "TimeoutAction"]
 
@@ -167,7 +168,7 @@ class BatchingConfig:
         if config.max_batch_size <= 0 or not config.HasField("dynamic_batching"):
             return None
         block = config.dynamic_batching
-        instances = sum(max(group.count, 1) for group in config.instance_group)
+        instances = instance_count(config)
         try:
             return cls(
                 max_batch_size=int(config.max_batch_size),

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MODEL_FILENAME",
     "GraphTensor",
     "complete_config",
+    "instance_count",
     "parse_config",
     "read_config",
     "select_versions",
@@ -142,6 +143,11 @@ def complete_config(
     if not done.instance_group:
         done.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     return done
+
+
+def instance_count(config: mc.ModelConfig) -> int:
+    """Model instances the config asks for: every group counts at least one, and so does none."""
+    return max(sum(max(group.count, 1) for group in config.instance_group), 1)
 
 
 def select_versions(policy: mc.ModelVersionPolicy, available: Sequence[int]) -> list[int]:

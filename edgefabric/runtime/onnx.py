@@ -27,7 +27,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from edgefabric.errors import InternalError, InvalidInputError, ModelLoadError
 from edgefabric.inference import Tensors
 from edgefabric.kserve.datatypes import DATATYPES, DataType
-from edgefabric.models.config import GraphTensor
+from edgefabric.models.config import GraphTensor, instance_count
 from edgefabric.runtime.base import RunTimings
 
 __all__ = ["OnnxRuntime", "OrtModel", "OrtOptions", "choose_providers"]
@@ -258,7 +258,7 @@ class OnnxRuntime:
 
     def load(self, path: Path, config: mc.ModelConfig) -> OrtModel:
         """Load ``path`` with the instance count and device kind of ``config``."""
-        count = sum(max(group.count, 1) for group in config.instance_group) or 1
+        count = instance_count(config)
         kinds = {group.kind for group in config.instance_group}
         gpu_allowed = mc.ModelInstanceGroup.KIND_CPU not in kinds or len(kinds) > 1
         providers = choose_providers(
