@@ -147,7 +147,7 @@ def complete_config(
 
 def instance_count(config: mc.ModelConfig) -> int:
     """Model instances the config asks for: every group counts at least one, and so does none."""
-    return max(sum(max(group.count, 1) for group in config.instance_group), 1)
+    return max(sum(max(int(group.count), 1) for group in config.instance_group), 1)
 
 
 def select_versions(policy: mc.ModelVersionPolicy, available: Sequence[int]) -> list[int]:
