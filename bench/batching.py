@@ -26,7 +26,7 @@ import onnxruntime as ort
 import tritonclient.grpc as triton
 
 from bench._common import emit, gateway_process, rss_mib, save
-from bench.loadgen import encode_request, run_closed_loop
+from bench.loadgen import encode_request, percentile_ms, run_closed_loop
 from bench.peers.launch import MLSERVER_VENV, TRITON_VENV, start_mlserver, start_triton
 from edgefabric.samples import cnn_model, mlp_model, write_model
 
@@ -128,16 +128,13 @@ async def open_loop(
         await asyncio.gather(*tasks)
         offered = sent / duration_s
 
-    def p99(values: list[float]) -> float | None:
-        return round(float(np.percentile(values, 99)) * 1e3, 3) if values else None
-
     return {
         "offered_per_s": round(offered, 1),
         "codes": codes,
-        "ok_p99_ms": p99(ok),
+        "ok_p99_ms": percentile_ms(ok, 99),
         "deadline_ms": deadline_s * 1e3,
-        "shed_p99_ms": p99(shed),
-        "shed_p50_ms": round(float(np.median(shed)) * 1e3, 3) if shed else None,
+        "shed_p99_ms": percentile_ms(shed, 99),
+        "shed_p50_ms": percentile_ms(shed, 50),
     }
 
 

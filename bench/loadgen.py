@@ -16,9 +16,14 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-__all__ = ["LoadResult", "encode_request", "run_closed_loop"]
+__all__ = ["LoadResult", "encode_request", "percentile_ms", "run_closed_loop"]
 
 _INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def percentile_ms(values_s: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of latencies in seconds, in milliseconds (None when empty)."""
+    return round(float(np.percentile(values_s, q)) * 1e3, 3) if values_s else None
 
 
 def encode_request(model: str, inputs: dict[str, np.ndarray], **parameters: int) -> bytes:
@@ -46,18 +51,14 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         """Throughput and latency percentiles as JSON-ready numbers."""
-
-        def pct(values: list[float], q: float) -> float | None:
-            return round(float(np.percentile(values, q)) * 1e3, 3) if values else None
-
         return {
             "concurrency": self.concurrency,
             "requests_per_s": round(self.ok / self.seconds, 1),
             "ok": self.ok,
             "codes": self.codes,
-            "p50_ms": pct(self.ok_latencies_s, 50),
-            "p99_ms": pct(self.ok_latencies_s, 99),
-            "error_p99_ms": pct(self.error_latencies_s, 99),
+            "p50_ms": percentile_ms(self.ok_latencies_s, 50),
+            "p99_ms": percentile_ms(self.ok_latencies_s, 99),
+            "error_p99_ms": percentile_ms(self.error_latencies_s, 99),
         }
 
 

@@ -39,12 +39,8 @@ class GatewayThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.gateway = self.call(self._create, settings, runtime)
+        self.gateway = Gateway(settings, runtime)
         self.call(self.gateway.start)
-
-    @staticmethod
-    async def _create(settings: GatewaySettings, runtime: Runtime | None) -> Gateway:
-        return Gateway(settings, runtime)
 
     def call(self, factory: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run a coroutine on the gateway's loop and wait for its result."""
