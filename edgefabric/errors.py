@@ -15,6 +15,12 @@ boundary that meets them, never leaked upward.
     ├── PermissionDeniedError .... PERMISSION_DENIED
     ├── UnsupportedError ......... UNIMPLEMENTED      a protocol feature we do not offer
     ├── ModelLoadError ........... INTERNAL           a model failed to load (repository API)
+    ├── TransportError ........... UNAVAILABLE        broker/peer unreachable or dropped (MQTT)
+    ├── StoreError ............... FAILED_PRECONDITION the model store refused a change
+    │   ├── InvalidModelError ....                    not ONNX, fails the checker or ORT load
+    │   ├── ConflictError ........                    duplicate version, illegal stage change
+    │   └── SigningKeyError ......                    keys missing, unreadable or below threshold
+    ├── IntegrityError ........... DATA_LOSS          hash or signature mismatch: tampered/damaged
     └── InternalError ............ INTERNAL           anything unexpected; message kept generic
 """
 
@@ -23,16 +29,22 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "ConflictError",
     "DeadlineExceededError",
     "EdgefabricError",
+    "IntegrityError",
     "InternalError",
     "InvalidInputError",
+    "InvalidModelError",
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotReadyError",
     "OverloadedError",
     "PermissionDeniedError",
     "RequestCancelledError",
+    "SigningKeyError",
+    "StoreError",
+    "TransportError",
     "UnauthenticatedError",
     "UnsupportedError",
     "grpc_status_for",
@@ -87,6 +99,30 @@ class ModelLoadError(EdgefabricError):
     """A model could not be loaded; the message says which file and why."""
 
 
+class TransportError(EdgefabricError):
+    """A broker or peer could not be reached, or the connection dropped mid-exchange."""
+
+
+class StoreError(EdgefabricError):
+    """The model store refused a change; the store is left as it was."""
+
+
+class InvalidModelError(StoreError):
+    """The file is not a usable ONNX model (checker, ONNX Runtime load, signature)."""
+
+
+class ConflictError(StoreError):
+    """The change conflicts with the store's state (duplicate version, illegal stage change)."""
+
+
+class SigningKeyError(StoreError):
+    """Signing keys are missing, unreadable or fewer than the role's threshold."""
+
+
+class IntegrityError(EdgefabricError):
+    """Bytes or metadata do not match their recorded hash or signature."""
+
+
 class InternalError(EdgefabricError):
     """Something unexpected; details go to the log under a correlation id."""
 
@@ -102,6 +138,9 @@ _STATUS_TABLE: tuple[tuple[type[EdgefabricError], grpc.StatusCode], ...] = (
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (UnsupportedError, grpc.StatusCode.UNIMPLEMENTED),
     (ModelLoadError, grpc.StatusCode.INTERNAL),
+    (TransportError, grpc.StatusCode.UNAVAILABLE),
+    (StoreError, grpc.StatusCode.FAILED_PRECONDITION),
+    (IntegrityError, grpc.StatusCode.DATA_LOSS),
     (InternalError, grpc.StatusCode.INTERNAL),
 )
 

@@ -7,16 +7,22 @@ import pytest
 
 from edgefabric import errors
 from edgefabric.errors import (
+    ConflictError,
     DeadlineExceededError,
     EdgefabricError,
+    IntegrityError,
     InternalError,
     InvalidInputError,
+    InvalidModelError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
     OverloadedError,
     PermissionDeniedError,
     RequestCancelledError,
+    SigningKeyError,
+    StoreError,
+    TransportError,
     UnauthenticatedError,
     UnsupportedError,
     grpc_status_for,
@@ -36,6 +42,12 @@ STATUS = {
     UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
     ModelLoadError: grpc.StatusCode.INTERNAL,
     InternalError: grpc.StatusCode.INTERNAL,
+    TransportError: grpc.StatusCode.UNAVAILABLE,
+    StoreError: grpc.StatusCode.FAILED_PRECONDITION,
+    InvalidModelError: grpc.StatusCode.FAILED_PRECONDITION,
+    ConflictError: grpc.StatusCode.FAILED_PRECONDITION,
+    SigningKeyError: grpc.StatusCode.FAILED_PRECONDITION,
+    IntegrityError: grpc.StatusCode.DATA_LOSS,
 }
 
 
