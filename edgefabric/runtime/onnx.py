@@ -30,7 +30,7 @@ from edgefabric.kserve.datatypes import DATATYPES, DataType
 from edgefabric.models.config import GraphTensor, instance_count
 from edgefabric.runtime.base import RunTimings
 
-__all__ = ["OnnxRuntime", "OrtModel", "OrtOptions", "choose_providers"]
+__all__ = ["OnnxRuntime", "OrtModel", "OrtOptions", "choose_providers", "graph_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def choose_providers(
     return chosen
 
 
-def _graph_tensors(args: Sequence[Any], path: Path) -> tuple[GraphTensor, ...]:
+def graph_tensors(args: Sequence[Any], path: Path) -> tuple[GraphTensor, ...]:
+    """Inputs or outputs of an ORT session as :class:`GraphTensor` (``None`` = dynamic dim)."""
     tensors = []
     for arg in args:
         datatype = _ORT_TYPES.get(arg.type)
@@ -147,8 +148,8 @@ class OrtModel:
         for session in sessions:
             self._sessions.put(session)
         first = sessions[0]
-        self._inputs = _graph_tensors(first.get_inputs(), path)
-        self._outputs = _graph_tensors(first.get_outputs(), path)
+        self._inputs = graph_tensors(first.get_inputs(), path)
+        self._outputs = graph_tensors(first.get_outputs(), path)
         self._provider: str = str(first.get_providers()[0])
         self._needs_ort_values = any(
             t.datatype.name == "BF16" for t in (*self._inputs, *self._outputs)
