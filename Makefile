@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # onnxruntime-gpu on hosts with an NVIDIA driver, the CPU wheel elsewhere (never both).
 ORT_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+# The project's .proto files; their generated modules are committed next to the Python code.
+PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: venv test check fmt lint types demo bench proto proto-check clean
+.PHONY: venv broker test check fmt lint types demo bench proto proto-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +18,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: venv
+# The tests and the demo start private mosquitto brokers (Debian's package; sudo unless root).
+broker:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+		echo "installing mosquitto, the MQTT broker the tests and the demo start"; \
+		sudo=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+		$$sudo apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q mosquitto; }
+
+test: venv broker
 	$(PY) -m pytest -q
 
 fmt: venv
@@ -31,11 +41,23 @@ types: venv
 
 check: lint types test
 
-demo: venv
+demo: venv broker
 	$(PY) -m deploy.demo
 
 bench: venv
 	$(PY) bench/overhead.py
+
+# Regenerate the committed protobuf modules after editing proto/.
+proto: venv
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. $(PROTOS)
+
+# Fail if the committed generated modules differ from what proto/ generates today.
+proto-check: venv
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PY) -m grpc_tools.protoc -Iproto --python_out="$$tmp" --pyi_out="$$tmp" $(PROTOS) && \
+	status=0 && for f in $$(cd "$$tmp" && find . -type f | sort); do \
+		cmp -s "$$tmp/$$f" "$$f" || { echo "stale: $$f (run make proto)"; status=1; }; \
+	done && exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -299,9 +299,41 @@ def _register_keys_and_audit(
     )
 
 
+def _store_serve(store: ModelStore, args: argparse.Namespace) -> int:
+    from edgefabric.mqtt import BrokerAddress  # noqa: PLC0415  (paho only where it is used)
+    from model_store.serve import StoreServer, StoreServerOptions  # noqa: PLC0415
+
+    options = StoreServerOptions(
+        broker=BrokerAddress.parse(args.broker),
+        client_id=args.client_id,
+        chunk_size=args.chunk_size,
+        refresh_interval_s=args.refresh_interval_s,
+    )
+    StoreServer(store, options).run()
+    return 0
+
+
+def _register_store(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    group = commands.add_parser("store", help="run the store's serving process")
+    sub = group.add_subparsers(dest="action", required=True)
+    serve = sub.add_parser("serve", parents=[common], help="serve TUF files and models over MQTT")
+    serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT of the MQTT broker")
+    serve.add_argument("--client-id", default="edgefabric-store", help="MQTT client id")
+    serve.add_argument(
+        "--chunk-size", type=int, default=256 * 1024, help="bytes per artifact chunk"
+    )
+    serve.add_argument(
+        "--refresh-interval-s", type=float, default=600.0, help="how often to check expiry"
+    )
+    serve.set_defaults(handler=_run(_store_serve))
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``model``, ``keys`` and ``audit`` command groups."""
+    """Add the ``model``, ``keys``, ``audit`` and ``store`` command groups."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", type=Path, help="store folder (default $EDGEFABRIC_HOME)")
     _register_model(commands, common)
     _register_keys_and_audit(commands, common)
+    _register_store(commands, common)

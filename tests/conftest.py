@@ -97,3 +97,7 @@ def shared_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
     running = GatewayThread(settings_for(repository))
     yield running
     running.close()
+
+
+# MQTT: private mosquitto brokers and connected clients (tests/mqtt_broker.py).
+from tests.mqtt_broker import connect_mqtt, mqtt_broker, shared_mqtt_broker  # noqa: E402, F401

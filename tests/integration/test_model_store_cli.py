@@ -170,7 +170,7 @@ def test_export_is_served_by_the_gateway(
     ready("model", "push", str(model_file), "--name", "mlp")
     ready("model", "promote", "mlp:2", "--stage", "production")
     repository = tmp_path / "exported"
-    code, out, err = ready("model", "export", "mlp", "--stage", "production", "--to", str(repository))
+    code, _, err = ready("model", "export", "mlp", "--stage", "production", "--to", str(repository))
     assert code == 0, err
     assert sorted(p.name for p in (repository / "mlp").iterdir()) == ["2", "config.pbtxt"]
     gateway = start_gateway(repository)
@@ -234,7 +234,10 @@ def _ort_unloadable(path: Path) -> Path:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: p.write_bytes(b"\x08\x07garbage that is not a model") and p, "not an ONNX model"),
+        (
+            lambda p: p.write_bytes(b"\x08\x07garbage that is not a model") and p,
+            "not an ONNX model",
+        ),
         (lambda p: p.write_text("hello") and p, "not an ONNX model"),
         (_ort_unloadable, "ONNX Runtime could not load the model"),
         (lambda p: p, "no such model file"),
@@ -248,7 +251,8 @@ def test_unusable_files_are_refused_and_the_store_is_unchanged(
     path = make(tmp_path / "bad.onnx")
     code, _, err = ready("model", "push", str(path), "--name", "bad")
     assert code == 1
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("error: ")
+    assert message in err
     assert _state(home) == before
 
 
@@ -271,9 +275,7 @@ def test_unknown_names_and_versions(ready: Cli, model_file: Path) -> None:
     assert "expected NAME:VERSION" in ready("model", "deprecate", "mlp")[2]
 
 
-def test_a_deprecated_version_cannot_be_promoted(
-    ready: Cli, model_file: Path, home: Path
-) -> None:
+def test_a_deprecated_version_cannot_be_promoted(ready: Cli, model_file: Path, home: Path) -> None:
     ready("model", "push", str(model_file), "--name", "mlp")
     ready("model", "deprecate", "mlp:1")
     before = _state(home)
@@ -282,9 +284,7 @@ def test_a_deprecated_version_cannot_be_promoted(
     assert _state(home) == before
 
 
-def test_pushing_without_keys_says_how_to_make_them(
-    cli: Cli, model_file: Path, home: Path
-) -> None:
+def test_pushing_without_keys_says_how_to_make_them(cli: Cli, model_file: Path, home: Path) -> None:
     code, _, err = cli("model", "push", str(model_file), "--name", "mlp")
     assert code == 1
     assert "edgefabric keys init" in err

@@ -1,0 +1,97 @@
+"""The fleet's MQTT topic tree, in one place (see DESIGN.md, "Fleet messaging over MQTT").
+
+    ef/v1/dev/{device}/status    retained birth/Last Will ("online"/"offline")
+    ef/v1/dev/{device}/health    periodic health reports
+    ef/v1/dev/{device}/desired   retained, signed desired state (rollout controller only)
+    ef/v1/dev/{device}/events    reconcile progress and failures
+    ef/v1/dev/{device}/infer     KServe v2 requests relayed to the device
+    ef/v1/repo/req/{client}      TUF repository requests (MQTT 5 response topic + correlation)
+    ef/v1/repo/resp/{client}     their answers
+
+``{device}`` and ``{client}`` are one topic level each: the MQTT client id, so broker ACLs can
+match them with ``%c``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX",
+    "REPO_REQUEST_FILTER",
+    "device_desired",
+    "device_events",
+    "device_health",
+    "device_infer",
+    "device_status",
+    "repo_request",
+    "repo_request_client",
+    "repo_response",
+    "shared",
+]
+
+PREFIX = "ef/v1"
+_REPO_REQUEST = f"{PREFIX}/repo/req/"
+_REPO_RESPONSE = f"{PREFIX}/repo/resp/"
+REPO_REQUEST_FILTER = f"{_REPO_REQUEST}+"
+"""What the distribution server subscribes to: every client's repository requests."""
+
+_FORBIDDEN = frozenset("/+#\x00")
+
+
+def _level(kind: str, value: str) -> str:
+    """``value`` checked to be exactly one safe topic level."""
+    if not value or _FORBIDDEN.intersection(value) or value.startswith("$"):
+        raise ValueError(
+            f"{kind} {value!r} cannot be an MQTT topic level: it must be non-empty and contain "
+            "no '/', '+', '#' or NUL, nor start with '$'"
+        )
+    return value
+
+
+def device_status(device: str) -> str:
+    """Retained birth message; the device's Last Will overwrites it when it drops."""
+    return f"{PREFIX}/dev/{_level('device id', device)}/status"
+
+
+def device_health(device: str) -> str:
+    """Periodic health reports."""
+    return f"{PREFIX}/dev/{_level('device id', device)}/health"
+
+
+def device_desired(device: str) -> str:
+    """Retained signed desired state, written by the rollout controller only."""
+    return f"{PREFIX}/dev/{_level('device id', device)}/desired"
+
+
+def device_events(device: str) -> str:
+    """Reconcile progress and failures."""
+    return f"{PREFIX}/dev/{_level('device id', device)}/events"
+
+
+def device_infer(device: str) -> str:
+    """Inference requests relayed to a device that accepts no inbound connections."""
+    return f"{PREFIX}/dev/{_level('device id', device)}/infer"
+
+
+def repo_request(client_id: str) -> str:
+    """Where ``client_id`` publishes its repository requests."""
+    return _REPO_REQUEST + _level("client id", client_id)
+
+
+def repo_response(client_id: str) -> str:
+    """Where ``client_id`` receives the answers to its repository requests."""
+    return _REPO_RESPONSE + _level("client id", client_id)
+
+
+def repo_request_client(topic: str) -> str | None:
+    """The client id in a repository request topic, or None if ``topic`` is not one."""
+    if not topic.startswith(_REPO_REQUEST):
+        return None
+    try:
+        return _level("client id", topic[len(_REPO_REQUEST) :])
+    except ValueError:
+        return None
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """A shared subscription: the broker hands each message to one member of ``group``."""
+    return f"$share/{_level('share group', group)}/{topic_filter}"

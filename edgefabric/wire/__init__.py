@@ -1,0 +1,1 @@
+"""The project's own wire messages, generated from ``proto/edgefabric/wire/`` (do not edit)."""
