@@ -36,7 +36,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from edge_agent._files import write_atomic
 from edge_agent._selftest import self_test
 from edge_agent.slots import ModelSlots, SlotState
-from edgefabric.dataplane import DataPlane, ServerInfo
+from edgefabric.dataplane import DataPlane, RequestObserver, ServerInfo
 from edgefabric.errors import EdgefabricError, IntegrityError, ModelLoadError
 from edgefabric.inference import Tensors
 from edgefabric.kserve.server import KServeServer, ServerOptions, start_server
@@ -180,6 +180,7 @@ class DeviceServer:
         serving_dir: Path,
         options: ServingOptions | None = None,
         runtime: Runtime | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.serving_dir = serving_dir
         self.options = options or ServingOptions()
@@ -192,7 +193,9 @@ class DeviceServer:
             default_max_batch_size=self.options.default_max_batch_size,
             metrics=metrics,
         )
-        self.data = DataPlane(self.repository, ServerInfo(name="edgefabric-agent"), metrics)
+        self.data = DataPlane(
+            self.repository, ServerInfo(name="edgefabric-agent"), metrics, observer
+        )
         self._server: KServeServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: dict[str, ModelSlots] = {}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMAND_GROUPS = ("gateway.cli", "model_store.cli")
+_COMMAND_GROUPS = ("gateway.cli", "model_store.cli", "edge_agent.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -14,7 +15,7 @@ from edgefabric.metrics import ServingMetrics
 from edgefabric.models.repository import IndexEntry, ModelRepository, ServedModel, ServedVersion
 from edgefabric.stats import VersionStats
 
-__all__ = ["DataPlane", "ServerInfo"]
+__all__ = ["DataPlane", "RequestObserver", "ServerInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,10 @@ class ServerInfo:
     extensions: tuple[str, ...] = ("model_repository", "statistics", "model_configuration")
 
 
+RequestObserver = Callable[[str, int, float, str], None]
+"""Called on the event loop once per admitted request: model, version, seconds, status name."""
+
+
 class DataPlane:
     """Health, metadata, inference, statistics and repository control over a model repository."""
 
@@ -34,10 +39,12 @@ class DataPlane:
         repository: ModelRepository,
         info: ServerInfo | None = None,
         metrics: ServingMetrics | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.repository = repository
         self.info = info or ServerInfo()
         self.metrics = metrics or ServingMetrics()
+        self._observer = observer
         self._ready = False
 
     def live(self) -> bool:
@@ -91,16 +98,20 @@ class DataPlane:
         except EdgefabricError as exc:
             elapsed = time.perf_counter_ns() - arrived
             version.stats.record_failure(elapsed)
-            self.metrics.observe(
-                served.name, version_label, grpc_status_for(exc).name, elapsed / 1e9
-            )
+            self._answered(served.name, version.version, grpc_status_for(exc).name, elapsed)
             raise
         elapsed = time.perf_counter_ns() - arrived
         version.stats.record_success(elapsed)
-        self.metrics.observe(served.name, version_label, "OK", elapsed / 1e9)
+        self._answered(served.name, version.version, "OK", elapsed)
         return InferenceResponse(
             model_name=served.name, model_version=version_label, id=request.id, outputs=outputs
         )
+
+    def _answered(self, model: str, version: int, code: str, elapsed_ns: int) -> None:
+        seconds = elapsed_ns / 1e9
+        self.metrics.observe(model, str(version), code, seconds)
+        if self._observer is not None:
+            self._observer(model, version, seconds, code)
 
     def statistics(self, name: str = "", version: str = "") -> list[tuple[str, int, VersionStats]]:
         """Counters of one model (version), or of every served model when ``name`` is empty."""

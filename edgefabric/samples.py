@@ -18,6 +18,7 @@ __all__ = [
     "cnn_model",
     "identity_model",
     "mlp_model",
+    "noisy_mlp_model",
     "stats_model",
     "text_model",
     "write_model",
@@ -78,6 +79,28 @@ def mlp_model(features: int = 16, hidden: int = 32, classes: int = 8) -> onnx.Mo
             numpy_helper.from_array(np.zeros(hidden, np.float32), "b1"),
             _weight(rng, "w2", hidden, classes),
             numpy_helper.from_array(np.zeros(classes, np.float32), "b2"),
+        ],
+    )
+    return _model(graph)
+
+
+def noisy_mlp_model(features: int = 16, classes: int = 8) -> onnx.ModelProto:
+    """Same contract as :func:`mlp_model`, but adds unseeded noise: every session answers
+    differently, so its golden vectors fail on any other machine (a self-test failure)."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["clean"]),
+        helper.make_node("RandomNormalLike", ["clean"], ["noise"]),
+        helper.make_node("Add", ["clean", "noise"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "noisy_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[
+            _weight(rng, "w", features, classes),
+            numpy_helper.from_array(np.zeros(classes, np.float32), "b"),
         ],
     )
     return _model(graph)

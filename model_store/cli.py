@@ -330,10 +330,36 @@ def _register_store(
     serve.set_defaults(handler=_run(_store_serve))
 
 
+def _fleet_assign(store: ModelStore, args: argparse.Namespace) -> int:
+    from edgefabric.mqtt import BrokerAddress, MqttClient  # noqa: PLC0415
+    from model_store.fleet import assign  # noqa: PLC0415
+
+    models = [_ref(text) for text in args.models]
+    with MqttClient(BrokerAddress.parse(args.broker), args.client_id) as mqtt:
+        state = assign(store, mqtt, args.device, models)
+    refs = " ".join(args.models)
+    print(f"{args.device} should run {refs} (desired state sequence {state.sequence}, signed)")
+    return 0
+
+
+def _register_fleet(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    group = commands.add_parser("fleet", help="devices and what they should run")
+    sub = group.add_subparsers(dest="action", required=True)
+    assign = sub.add_parser("assign", parents=[common], help="set a device's desired models")
+    assign.add_argument("device", help="device id")
+    assign.add_argument("models", nargs="+", help="NAME:VERSION (one per model)")
+    assign.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    assign.add_argument("--client-id", default="edgefabric-controller", help="MQTT client id")
+    assign.set_defaults(handler=_run(_fleet_assign))
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``model``, ``keys``, ``audit`` and ``store`` command groups."""
+    """Add the ``model``, ``keys``, ``audit``, ``store`` and ``fleet`` command groups."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", type=Path, help="store folder (default $EDGEFABRIC_HOME)")
     _register_model(commands, common)
     _register_keys_and_audit(commands, common)
     _register_store(commands, common)
+    _register_fleet(commands, common)

@@ -99,14 +99,17 @@ class ModelStore:
             keyring = Keyring.create(self.home.keys, thresholds)
             repository = TufRepository.create(self.home.tuf, keyring)
             repository.publish(self._targets())
-            self._record("keys.init", "keys", {"thresholds": dict(thresholds or {})})
+            from model_store.fleet import controller_key  # noqa: PLC0415  (fleet imports us)
+
+            controller_key(self.home, create=True)
+            self.record("keys.init", "keys", {"thresholds": dict(thresholds or {})})
         return repository
 
     def rotate_keys(self, role: str) -> int:
         """Replace ``role``'s keys; returns the new root version."""
         with self._change():
             version = self.tuf().rotate(role)
-            self._record("keys.rotate", role, {"root_version": version})
+            self.record("keys.rotate", role, {"root_version": version})
         return version
 
     # ------------------------------------------------------------------ changes
@@ -151,7 +154,7 @@ class ModelStore:
                 )
                 self.registry.insert(version)
                 repository.publish(self._targets())
-                self._record("model.push", version.ref, {"sha256": digest, "size": len(data)})
+                self.record("model.push", version.ref, {"sha256": digest, "size": len(data)})
             except BaseException:
                 for blob in added:
                     self.blobs.remove(blob)
@@ -177,7 +180,7 @@ class ModelStore:
             self.registry.set_stage(name, version, stage)
             self.tuf().publish(self._targets())
             details = {"from": current.stage.value, "to": stage.value, "archived": archived}
-            self._record("model.promote", current.ref, details)
+            self.record("model.promote", current.ref, details)
         return self.registry.get(name, version)
 
     def deprecate(self, name: str, version: int) -> ModelVersion:
@@ -188,7 +191,7 @@ class ModelStore:
                 raise ConflictError(f"{current.ref} is already deprecated")
             self.registry.set_stage(name, version, Stage.DEPRECATED)
             self.tuf().publish(self._targets())
-            self._record("model.deprecate", current.ref, {"from": current.stage.value})
+            self.record("model.deprecate", current.ref, {"from": current.stage.value})
         return self.registry.get(name, version)
 
     # ------------------------------------------------------------------ reading
@@ -290,7 +293,8 @@ class ModelStore:
         seq, _, digest = self.registry.meta(_AUDIT_HEAD, f"0:{GENESIS}").partition(":")
         return int(seq), digest
 
-    def _record(self, action: str, subject: str, details: Mapping[str, Any]) -> None:
+    def record(self, action: str, subject: str, details: Mapping[str, Any]) -> None:
+        """Append to the audit log (call inside a change, so the head commits with it)."""
         entry = self.audit.append(
             actor=self.actor,
             action=action,

@@ -1,0 +1,73 @@
+"""``edgefabric agent run``: the device agent as a process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_agent.settings import AgentSettings, read_settings_file
+
+__all__ = ["register"]
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``agent`` command group."""
+    group = commands.add_parser("agent", help="run the edge agent on a device")
+    sub = group.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="sync signed models over MQTT and serve them locally")
+    run.add_argument("--settings", type=Path, help="TOML file with any of the settings below")
+    run.add_argument("--device-id", help="this device's id")
+    run.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    run.add_argument("--trust-root", type=Path, help="the store's TUF root.json")
+    run.add_argument("--data-dir", type=Path, help="where the agent keeps models and state")
+    run.add_argument("--desired-key", type=Path, help="controller public key (PEM)")
+    run.add_argument("--label", action="append", help="KEY=VALUE label (repeatable)")
+    run.add_argument("--grpc-address", help="local KServe v2 address (default 127.0.0.1)")
+    run.add_argument("--grpc-port", type=int, help="local KServe v2 port (default 8101; 0 = any)")
+    run.add_argument("--health-interval-s", type=float, help="seconds between health reports")
+    run.add_argument("--keep-previous", type=int, help="previous versions kept per model")
+    run.set_defaults(handler=_run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = read_settings_file(args.settings) if args.settings else {}
+    for name in (
+        "device_id",
+        "broker",
+        "trust_root",
+        "data_dir",
+        "desired_key",
+        "grpc_address",
+        "grpc_port",
+        "health_interval_s",
+        "keep_previous",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    if args.label:
+        labels = dict(values.get("labels", {}))
+        for item in args.label:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--label {item!r}: expected KEY=VALUE")
+            labels[key] = value
+        values["labels"] = labels
+    return values
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_agent.agent import EdgeAgent  # noqa: PLC0415  (keeps `--help` light)
+
+    try:
+        settings = AgentSettings(**_overrides(args))
+    except (ValidationError, ValueError) as exc:
+        print(f"error: invalid agent settings:\n{exc}", file=sys.stderr)
+        return 2
+    asyncio.run(EdgeAgent(settings).run())
+    return 0
