@@ -1,9 +1,11 @@
 """``make demo``: run the fabric locally and call it as an application would.
 
-Today the fabric is the gateway: this writes a Triton-layout repository of generated ONNX
-models, starts ``edgefabric gateway serve`` on a free loopback port, calls it with the real
-``tritonclient`` (metadata, inference, BYTES, output subsets, streaming, statistics, a bad
-request) and stops it with SIGTERM.
+1. The gateway: writes a Triton-layout repository of generated ONNX models, starts
+   ``edgefabric gateway serve`` on a free loopback port, calls it with the real ``tritonclient``
+   (metadata, inference, BYTES, output subsets, streaming, statistics, a bad request) and stops
+   it with SIGTERM.
+2. The fleet (``deploy/fleet_demo.py``): a signed model store, a private mosquitto, two edge
+   agents that fetch, verify, self-test and serve the model, and a staged upgrade of one of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from deploy.fleet_demo import run_fleet_demo
 from edgefabric.samples import write_sample_repository
 
 
@@ -94,6 +97,8 @@ def main() -> int:
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=30)
             print(f"[demo] gateway drained and exited with code {code}")
+        run_fleet_demo(Path(tmp) / "fleet")
+        print("[demo] fleet stopped cleanly")
     return code
 
 

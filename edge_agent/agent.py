@@ -129,6 +129,8 @@ class EdgeAgent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._state.pop("installing", None) is not None:  # a clean stop is not a crash
+            self._save_state()
         mqtt, self._mqtt = self._mqtt, None
         if mqtt is not None:
             try:

@@ -15,6 +15,9 @@ match them with ``%c``.
 from __future__ import annotations
 
 __all__ = [
+    "ALL_DEVICE_EVENTS",
+    "ALL_DEVICE_HEALTH",
+    "ALL_DEVICE_STATUS",
     "PREFIX",
     "REPO_REQUEST_FILTER",
     "device_desired",
@@ -32,6 +35,9 @@ PREFIX = "ef/v1"
 _REPO_REQUEST = f"{PREFIX}/repo/req/"
 _REPO_RESPONSE = f"{PREFIX}/repo/resp/"
 REPO_REQUEST_FILTER = f"{_REPO_REQUEST}+"
+ALL_DEVICE_STATUS = f"{PREFIX}/dev/+/status"
+ALL_DEVICE_HEALTH = f"{PREFIX}/dev/+/health"
+ALL_DEVICE_EVENTS = f"{PREFIX}/dev/+/events"
 """What the distribution server subscribes to: every client's repository requests."""
 
 _FORBIDDEN = frozenset("/+#\x00")

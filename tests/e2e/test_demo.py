@@ -23,6 +23,11 @@ def test_demo_runs_the_fabric_and_calls_it():
     assert "text: [b'EDGE', b'FABRIC']" in done.stdout
     assert "INVALID_ARGUMENT input 'x'" in done.stdout
     assert "gateway drained and exited with code 0" in done.stdout
+    assert "camera-1: serving mlp:2" in done.stdout
+    assert "camera-2 answers with version 1" in done.stdout
+    assert "camera-1 answers with version 2" in done.stdout
+    assert "audit log intact" in done.stdout
+    assert "fleet stopped cleanly" in done.stdout
 
 
 def test_cli_refuses_a_missing_repository_clearly(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import queue
 import shutil
@@ -315,3 +316,30 @@ def test_without_broker_or_store_the_last_verified_model_keeps_serving(fabric: F
     health = Health.FromString(agent.health())
     assert health.applied_sequence == 1
     assert [(s.version, s.state) for s in health.slots] == [(1, "READY")]
+
+
+def test_a_version_the_agent_keeps_crashing_on_is_rolled_back(fabric: Fabric) -> None:
+    fabric.start_agent()
+    fabric.desire(("mlp", 1))
+    fabric.wait_for(Event.RECONCILED)
+    fabric.desire(("mlp", 2))
+    fabric.wait_for(Event.RECONCILED)
+    fabric.stop_agent()
+    state_path = fabric.data / "agent.json"
+    for restart in range(2):  # what a crash during v2's probation leaves behind, twice
+        state = json.loads(state_path.read_text())
+        state["installing"] = {"model": "mlp", "version": 2}
+        state_path.write_text(json.dumps(state))
+        fabric.start_agent()
+        if restart == 0:
+            first = fabric.client()
+            assert first.is_model_ready("mlp", "2")  # one crash is tolerated
+            first.close()
+            fabric.stop_agent()
+    rolled = fabric.wait_for(Event.ROLLED_BACK)[-1]
+    assert rolled.version == 2
+    assert "crashed 2 times" in rolled.message
+    client = fabric.client()
+    assert client.is_model_ready("mlp", "1")
+    assert not client.is_model_ready("mlp", "2")
+    client.close()
