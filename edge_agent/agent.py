@@ -368,7 +368,13 @@ class EdgeAgent:
             self._event(Event.REJECTED, name, version, message)
             return False
         slots.install_verified(version, downloaded.model, downloaded.golden, downloaded.custom)
-        self._event(Event.VERIFIED, name, version, f"sha256 and signatures verified ({stage})")
+        self._event(
+            Event.VERIFIED,
+            name,
+            version,
+            f"sha256 and signatures verified ({stage}); fetched {downloaded.fetched_bytes} "
+            f"bytes, resumed {downloaded.resumed_bytes} bytes from disk",
+        )
         return True
 
     async def _install(self, slots: ModelSlots, version: int) -> None:

@@ -56,6 +56,8 @@ class MqttFetcher(FetcherInterface):
         self._client = client
         self._partial_dir = partial_dir
         self._on_chunk = on_chunk
+        self.received_bytes = 0  # from the store, since this fetcher was made
+        self.resumed_bytes = 0  # read back from partial files instead of fetched again
         partial_dir.mkdir(parents=True, exist_ok=True)
 
     def partial_path(self, url: str) -> Path | None:
@@ -90,6 +92,7 @@ class MqttFetcher(FetcherInterface):
     ) -> Iterator[bytes]:
         if partial is not None and offset:
             log.info("resuming %s at byte %d from %s", path, offset, partial)
+            self.resumed_bytes += offset
             yield partial.read_bytes()
         try:
             if partial is None:
@@ -110,5 +113,6 @@ class MqttFetcher(FetcherInterface):
             raise DownloadError(f"{path}: {exc} (kept {offset} bytes to resume)") from exc
 
     def _observe(self, path: str, offset: int, chunk: bytes) -> None:
+        self.received_bytes += len(chunk)
         if self._on_chunk is not None:
             self._on_chunk(path, offset, len(chunk))

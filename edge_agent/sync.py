@@ -38,6 +38,8 @@ class DownloadedVersion:
     model: Path
     golden: Path | None
     custom: dict[str, Any]
+    fetched_bytes: int = 0  # from the store during this fetch (metadata included)
+    resumed_bytes: int = 0  # kept on disk from an earlier, interrupted fetch
 
 
 class ModelSync:
@@ -76,6 +78,7 @@ class ModelSync:
         TransportError when the store cannot be reached, ModelNotFoundError when the version
         is not a signed target.
         """
+        fetched, resumed = self._fetcher.received_bytes, self._fetcher.resumed_bytes
         updater = self._updater()
         try:
             updater.refresh()
@@ -97,7 +100,15 @@ class ModelSync:
             if golden_info is None:
                 raise IntegrityError(f"{name}:{version}: its golden vectors are not signed")
             golden = self._download(updater, golden_info, f"{name}-{version}.golden.npz")
-        return DownloadedVersion(name, version, model, golden, custom)
+        return DownloadedVersion(
+            name,
+            version,
+            model,
+            golden,
+            custom,
+            fetched_bytes=self._fetcher.received_bytes - fetched,
+            resumed_bytes=self._fetcher.resumed_bytes - resumed,
+        )
 
     def _download(self, updater: Updater, info: Any, filename: str) -> Path:
         destination = self._download_dir / filename

@@ -343,3 +343,36 @@ def test_a_version_the_agent_keeps_crashing_on_is_rolled_back(fabric: Fabric) ->
     assert client.is_model_ready("mlp", "1")
     assert not client.is_model_ready("mlp", "2")
     client.close()
+
+
+def test_an_agent_killed_mid_download_resumes_from_disk(fabric: Fabric, tmp_path: Path) -> None:
+    big = tmp_path / "big.onnx"
+    big.write_bytes(mlp_model(features=1024, hidden=4096).SerializeToString())  # 16 MiB
+    _edgefabric(fabric.home, "model", "push", str(big), "--name", "big")
+    command = [
+        sys.executable, "-m", "edgefabric.cli", "agent", "run", "--device-id", DEVICE,
+        "--broker", fabric.broker.url, "--data-dir", str(fabric.data), "--grpc-port", "0",
+        "--trust-root", str(fabric.home / "tuf" / "metadata" / "root.json"),
+        "--desired-key", str(fabric.home / "controller.pub"),
+    ]  # fmt: skip
+    agent = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert agent.stdout is not None
+    assert "serving on" in agent.stdout.readline()
+    fabric.desire(("big", 1))
+    fabric.wait_for(Event.DOWNLOAD_STARTED)
+    agent.kill()  # kill -9: no goodbye, no cleanup
+    agent.wait(timeout=30)
+    agent.stdout.close()
+    (partial,) = (fabric.data / "partial").iterdir()
+    kept = partial.stat().st_size
+    assert 0 < kept < big.stat().st_size
+    fabric.start_agent()
+    events = fabric.wait_for(Event.RECONCILED)
+    assert "DOWNLOAD_RESUMED" in _kinds(events)
+    verified = next(e for e in events if e.kind == Event.VERIFIED)
+    assert f"resumed {kept} bytes from disk" in verified.message
+    fetched = int(verified.message.split("fetched ")[1].split(" ")[0])
+    assert fetched < big.stat().st_size - kept + 64 * 1024  # the rest plus metadata, no more
+    client = fabric.client()
+    assert client.is_model_ready("big", "1")
+    client.close()
