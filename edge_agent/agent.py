@@ -28,7 +28,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_agent._files import write_atomic
 from edge_agent.fetcher import MqttFetcher
 from edge_agent.health import LatencyWindow, ProcessSampler, build_health
 from edge_agent.outbox import Outbox
@@ -46,6 +45,7 @@ from edgefabric.errors import (
     ModelNotFoundError,
     TransportError,
 )
+from edgefabric.files import write_atomic
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient, Will
 from edgefabric.repo_client import RepoClient
 from edgefabric.wire.v1.fleet_pb2 import DesiredState, DeviceStatus, Event

@@ -33,11 +33,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from edge_agent._files import write_atomic
 from edge_agent._selftest import self_test
 from edge_agent.slots import ModelSlots, SlotState
 from edgefabric.dataplane import DataPlane, RequestObserver, ServerInfo
 from edgefabric.errors import EdgefabricError, IntegrityError, ModelLoadError
+from edgefabric.files import write_atomic
 from edgefabric.inference import Tensors
 from edgefabric.kserve.server import KServeServer, ServerOptions, start_server
 from edgefabric.metrics import ServingMetrics

@@ -35,8 +35,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from edge_agent._files import fsync_dir, move_file, sha256_file, write_atomic
 from edgefabric.errors import ConflictError, IntegrityError, InvalidModelError, ModelNotFoundError
+from edgefabric.files import fsync_dir, move_file, sha256_file, write_atomic
 
 __all__ = ["AFTER_RESTART", "TRANSITIONS", "ModelSlots", "SlotState", "check_name"]
 

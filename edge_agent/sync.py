@@ -18,15 +18,11 @@ from tuf.ngclient import Updater  # type: ignore[attr-defined]
 
 from edge_agent.fetcher import METADATA_BASE_URL, TARGETS_BASE_URL, MqttFetcher
 from edgefabric.errors import IntegrityError, ModelNotFoundError, TransportError
+from edgefabric.targets import model_target_path
 
-__all__ = ["DownloadedVersion", "ModelSync", "model_target_path"]
+__all__ = ["DownloadedVersion", "ModelSync"]
 
 log = logging.getLogger(__name__)
-
-
-def model_target_path(name: str, version: int) -> str:
-    """The TUF target path the store signs a model version under."""
-    return f"models/{name}/{version}/model.onnx"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ __all__ = [
     "noisy_mlp_model",
     "stats_model",
     "text_model",
+    "unknown_operator_model",
     "write_model",
     "write_sample_repository",
 ]
@@ -104,6 +105,23 @@ def noisy_mlp_model(features: int = 16, classes: int = 8) -> onnx.ModelProto:
         ],
     )
     return _model(graph)
+
+
+def unknown_operator_model() -> onnx.ModelProto:
+    """A valid ONNX file that ONNX Runtime cannot load: its operator is from an unknown domain."""
+    node = helper.make_node("NoSuchOperator", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph(
+        [node],
+        "unknown_operator",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.example", 1)],
+    )
+    model.ir_version = IR_VERSION
+    return model
 
 
 def cnn_model(size: int = 32, classes: int = 10) -> onnx.ModelProto:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edgefabric.errors import IntegrityError
-from model_store.home import write_atomic
+from edgefabric.files import write_atomic
 
 __all__ = ["BlobStore", "sha256_hex"]
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from edgefabric.errors import EdgefabricError, InvalidModelError
 from edgefabric.golden import Tolerance
+from edgefabric.targets import model_target_path
 from model_store.export import DEFAULT_MAX_BATCH_SIZE, export_versions
 from model_store.home import StoreHome
 from model_store.keys import ROLES
 from model_store.registry import ModelVersion, Stage
-from model_store.store import ModelStore, PushRequest, model_target_path
+from model_store.store import ModelStore, PushRequest
 
 __all__ = ["register"]
 

@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefabric import topics
 from edgefabric.desired import seal_desired
 from edgefabric.errors import ConflictError, SigningKeyError
+from edgefabric.files import write_atomic
 from edgefabric.mqtt import MqttClient
 from edgefabric.wire.v1.fleet_pb2 import DesiredState, ModelRef
-from model_store.home import StoreHome, write_atomic
+from model_store.home import StoreHome
 from model_store.registry import Stage
 from model_store.store import ModelStore
 

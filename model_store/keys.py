@@ -32,7 +32,7 @@ from securesystemslib.signer import (  # type: ignore[attr-defined]
 )
 
 from edgefabric.errors import ConflictError, SigningKeyError, StoreError
-from model_store.home import fsync_dir, write_atomic
+from edgefabric.files import fsync_dir, write_atomic
 
 __all__ = ["ROLES", "Keyring"]
 

@@ -20,6 +20,7 @@ from typing import Any
 from edgefabric.errors import ConflictError, IntegrityError, InvalidModelError, StoreError
 from edgefabric.golden import GoldenVectors, Tolerance, read_inputs_npz, run_model_bytes
 from edgefabric.models.contract import ModelContract, inspect_onnx
+from edgefabric.targets import golden_target_path, model_target_path
 from model_store.audit import GENESIS, AuditLog
 from model_store.blobs import BlobStore
 from model_store.home import StoreHome
@@ -31,16 +32,6 @@ __all__ = ["ModelStore", "PushRequest", "golden_target_path", "model_target_path
 
 ACTOR_ENV = "EDGEFABRIC_ACTOR"
 _AUDIT_HEAD = "audit_head"
-
-
-def model_target_path(name: str, version: int) -> str:
-    """The TUF target path of a model version's ONNX file."""
-    return f"models/{name}/{version}/model.onnx"
-
-
-def golden_target_path(name: str, version: int) -> str:
-    """The TUF target path of a model version's golden vectors."""
-    return f"models/{name}/{version}/golden.npz"
 
 
 @dataclass(frozen=True)

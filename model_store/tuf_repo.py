@@ -44,7 +44,7 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from edgefabric.errors import ConflictError, IntegrityError, SigningKeyError, StoreError
-from model_store.home import write_atomic
+from edgefabric.files import write_atomic
 from model_store.keys import ROLES, Keyring
 
 __all__ = ["ExpiryPolicy", "TargetSpec", "TufRepository"]

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from onnx import TensorProto, helper
 
 from edgefabric.cli import main
-from edgefabric.samples import mlp_model
+from edgefabric.samples import mlp_model, unknown_operator_model
 from model_store.home import StoreHome
 from model_store.store import ModelStore
 from tests.conftest import GatewayThread
@@ -216,18 +215,7 @@ def test_every_change_is_audited_and_the_chain_verifies(
 
 
 def _ort_unloadable(path: Path) -> Path:
-    node = helper.make_node("NoSuchOperator", ["x"], ["y"], domain="com.example")
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
-    )
-    model.ir_version = 9
-    path.write_bytes(model.SerializeToString())
+    path.write_bytes(unknown_operator_model().SerializeToString())
     return path
 
 

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from edgefabric.errors import InvalidModelError
 from edgefabric.models.contract import ModelContract, inspect_onnx, required_runtime
-from edgefabric.samples import mlp_model
+from edgefabric.samples import mlp_model, unknown_operator_model
 
 pytestmark = pytest.mark.unit
 
@@ -44,18 +44,7 @@ def test_a_model_the_checker_rejects_is_refused() -> None:
 
 
 def test_a_model_onnx_runtime_cannot_load_is_refused() -> None:
-    node = helper.make_node("NoSuchOperator", ["x"], ["y"], domain="com.example")
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
-    )
-    model.ir_version = 9
+    model = unknown_operator_model()
     onnx.checker.check_model(model)
     with pytest.raises(InvalidModelError, match="ONNX Runtime could not load the model"):
         inspect_onnx(model.SerializeToString(), source="custom.onnx")

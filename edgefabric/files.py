@@ -1,4 +1,4 @@
-"""Durable file operations for the agent's data folder: atomic writes, moves, hashes."""
+"""Durable file operations shared by the store and the agent: atomic writes, moves, hashes."""
 
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data``: readers see the old or the new bytes, never a mix."""
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` by ``data`` with permission bits ``mode``: readers see the old or the
+    new bytes, never a mix, and the rename survives a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
