@@ -339,7 +339,7 @@ def measure_chunk_size(
     agent = _throughput(
         "agent_fetch", chunk_kib, size, agent_s,
         requests=agent_requests,
-        what="ModelSync.fetch: TUF refresh + chunked MQTT fetch (fsync per chunk) + hash "
+        what="ModelSync.fetch: TUF refresh + chunked MQTT fetch (fsync every 8 MiB) + hash "
         "check; the model only (pushed without golden vectors)",
     )  # fmt: skip
     for result in (limit, stream, agent):

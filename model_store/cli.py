@@ -10,6 +10,7 @@ from pathlib import Path
 from edgefabric.errors import EdgefabricError, InvalidModelError
 from edgefabric.golden import Tolerance
 from edgefabric.targets import model_target_path
+from model_store.distribution import DEFAULT_CHUNK_SIZE
 from model_store.export import DEFAULT_MAX_BATCH_SIZE, export_versions
 from model_store.home import StoreHome
 from model_store.keys import ROLES
@@ -323,7 +324,7 @@ def _register_store(
     serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT of the MQTT broker")
     serve.add_argument("--client-id", default="edgefabric-store", help="MQTT client id")
     serve.add_argument(
-        "--chunk-size", type=int, default=256 * 1024, help="bytes per artifact chunk"
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per artifact chunk"
     )
     serve.add_argument(
         "--refresh-interval-s", type=float, default=600.0, help="how often to check expiry"

@@ -36,7 +36,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 256 * 1024
+DEFAULT_CHUNK_SIZE = 1024 * 1024
 """Bytes per answer unless the client asks for fewer or the broker accepts less."""
 
 MAX_PATH_LENGTH = 1024

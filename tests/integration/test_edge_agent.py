@@ -83,11 +83,14 @@ class Fabric:
     def _parse(kind: Any, sink: queue.Queue[Any]) -> Callable[[Message], None]:
         return lambda message: sink.put(kind.FromString(message.payload))
 
-    def serve_store(self) -> None:
+    def serve_store(self, chunk_size: int = 1024 * 1024) -> None:
         env = {**os.environ, "EDGEFABRIC_HOME": str(self.home)}
         command = [sys.executable, "-m", "edgefabric.cli", "store", "serve"]
         self.store = subprocess.Popen(
-            [*command, "--broker", self.broker.url], env=env, stdout=subprocess.PIPE, text=True
+            [*command, "--broker", self.broker.url, "--chunk-size", str(chunk_size)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.store.stdout is not None
         assert "serving the repository" in self.store.stdout.readline()
@@ -347,8 +350,10 @@ def test_a_version_the_agent_keeps_crashing_on_is_rolled_back(fabric: Fabric) ->
 
 def test_an_agent_killed_mid_download_resumes_from_disk(fabric: Fabric, tmp_path: Path) -> None:
     big = tmp_path / "big.onnx"
-    big.write_bytes(mlp_model(features=1024, hidden=4096).SerializeToString())  # 16 MiB
+    big.write_bytes(mlp_model(features=2048, hidden=4096).SerializeToString())  # 32 MiB
     _edgefabric(fabric.home, "model", "push", str(big), "--name", "big")
+    fabric.stop_store()
+    fabric.serve_store(chunk_size=64 * 1024)  # 512 round trips: time to kill it mid-way
     command = [
         sys.executable, "-m", "edgefabric.cli", "agent", "run", "--device-id", DEVICE,
         "--broker", fabric.broker.url, "--data-dir", str(fabric.data), "--grpc-port", "0",
