@@ -9,7 +9,7 @@ Transfer: a model of ``--size-mb`` MB moved over one private mosquitto, chunk fo
 * ``repo_stream``: ``RepoClient.open_stream`` of the model against ``edgefabric store serve``:
   one MQTT 5 request/response round trip per chunk, with nothing written to disk.
 * ``agent_fetch``: what a device does, ``ModelSync.fetch`` = TUF metadata refresh, chunked
-  download through the resumable MQTT fetcher (fsync per chunk) and length/hash verification,
+  download through the resumable MQTT fetcher (fsync every 8 MiB) and length/hash verification,
   into a fresh device data folder each time.
 
 Memory: the resident memory (VmRSS) of an idle device process serving one small model, minus a
