@@ -37,6 +37,7 @@ METADATA_BASE_URL = SCHEME + "metadata/"
 TARGETS_BASE_URL = SCHEME + "targets/"
 
 SYNC_EVERY_BYTES = 8 * 1024 * 1024
+_READ_PIECE = 1024 * 1024
 
 _HASHED_NAME = re.compile(r"([0-9a-f]{64})\.[^/]+")
 
@@ -100,7 +101,9 @@ class MqttFetcher(FetcherInterface):
         if partial is not None and offset:
             log.info("resuming %s at byte %d from %s", path, offset, partial)
             self.resumed_bytes += offset
-            yield partial.read_bytes()
+            with partial.open("rb") as kept:
+                while piece := kept.read(_READ_PIECE):
+                    yield piece
         try:
             if partial is None:
                 for chunk in chunks:

@@ -8,12 +8,18 @@ refresh first (root rotation, rollback and freeze checks), as the TUF client wor
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuf.api.exceptions import DownloadError, LengthOrHashMismatchError, RepositoryError
+from tuf.api.exceptions import (
+    DownloadError,
+    DownloadLengthMismatchError,
+    LengthOrHashMismatchError,
+    RepositoryError,
+)
 from tuf.ngclient import Updater  # type: ignore[attr-defined]
 
 from edge_agent.fetcher import METADATA_BASE_URL, TARGETS_BASE_URL, MqttFetcher
@@ -109,16 +115,37 @@ class ModelSync:
     def _download(self, updater: Updater, info: Any, filename: str) -> Path:
         destination = self._download_dir / filename
         url = TARGETS_BASE_URL + _hashed_path(info)
+        partial = self._fetcher.partial_path(url)
         try:
-            updater.download_target(info, str(destination))
-        except (LengthOrHashMismatchError, RepositoryError) as exc:
+            if partial is None:
+                updater.download_target(info, str(destination))
+            else:
+                self._fetch_in_place(url, info, partial, destination)
+        except (LengthOrHashMismatchError, DownloadLengthMismatchError, RepositoryError) as exc:
             self._fetcher.discard(url)
             destination.unlink(missing_ok=True)
             raise IntegrityError(f"refused {info.path}: {exc}") from exc
         except DownloadError as exc:
             raise TransportError(f"could not download {info.path}: {exc}") from exc
-        self._fetcher.discard(url)  # verified and copied out: the partial file is done
         return destination
+
+    def _fetch_in_place(self, url: str, info: Any, partial: Path, destination: Path) -> None:
+        """Let the fetcher fill its partial file, then check it against the signed length and
+        hashes and rename it into place: no temporary copy of the whole model.
+
+        Same checks as ngclient's ``download_target``: at most ``info.length`` bytes are
+        accepted (endless data), then length and sha256 must match the signed target.
+        """
+        received = 0
+        for chunk in self._fetcher.fetch(url):
+            received += len(chunk)
+            if received > info.length:
+                raise DownloadLengthMismatchError(
+                    f"{info.path}: more than the signed {info.length} bytes arrived"
+                )
+        with partial.open("rb") as downloaded:
+            info.verify_length_and_hashes(downloaded)
+        os.replace(partial, destination)
 
 
 def _hashed_path(info: Any) -> str:

@@ -6,7 +6,9 @@ Used by the edge agent's TUF fetcher; it depends on the wire messages and the MQ
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from google.protobuf.message import DecodeError
 
@@ -25,10 +27,19 @@ class RepoClient:
     connection."""
 
     def __init__(
-        self, mqtt: MqttClient, client_id: str, timeout_s: float = 10.0, *, attempts: int = 3
+        self,
+        mqtt: MqttClient,
+        client_id: str,
+        timeout_s: float = 10.0,
+        *,
+        attempts: int = 3,
+        window: int = 8,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self._window = window
         self._mqtt = mqtt
         self._request_topic = topics.repo_request(client_id)
         self._response_topic = topics.repo_response(client_id)
@@ -66,22 +77,43 @@ class RepoClient:
         return first.total_length, self._chunks(path, offset, first)
 
     def _chunks(self, path: str, offset: int, first: RepoResponse) -> Iterator[bytes]:
-        total, response = first.total_length, first
-        while True:
-            if not response.data and offset < total:
-                raise TransportError(f"the repository server sent no data for {path!r}")
-            if response.data:
+        """The first answer's data, then the rest with up to ``window`` requests in flight."""
+        total, step = first.total_length, len(first.data)
+        if step == 0 and offset < total:
+            raise TransportError(f"the repository server sent no data for {path!r}")
+        if first.data:
+            yield first.data
+        offset += step
+        pool = ThreadPoolExecutor(self._window, thread_name_prefix="repo-fetch")
+        in_flight: deque[tuple[int, Future[RepoResponse]]] = deque()
+        ahead = offset
+        try:
+            while offset < total:
+                while len(in_flight) < self._window and ahead < total:
+                    in_flight.append((ahead, pool.submit(self._fetch_resuming, path, ahead)))
+                    ahead += step
+                wanted, future = in_flight.popleft()
+                response = future.result()
+                _check_answer(path, wanted, response)
+                if response.total_length != total:
+                    raise TransportError(
+                        f"{path!r} changed from {total} to {response.total_length} bytes during "
+                        "the transfer; fetch it again"
+                    )
+                if len(response.data) != min(step, total - wanted):
+                    # The server chose another chunk size: drop what was asked ahead, go on
+                    # one request at a time from what arrived.
+                    for _, pending in in_flight:
+                        pending.cancel()
+                    in_flight.clear()
+                    step = len(response.data)
+                    if step == 0:
+                        raise TransportError(f"the repository server sent no data for {path!r}")
+                    ahead = wanted + step
                 yield response.data
-            offset += len(response.data)
-            if offset >= total:
-                return
-            response = self._fetch_resuming(path, offset)
-            _check_answer(path, offset, response)
-            if response.total_length != total:
-                raise TransportError(
-                    f"{path!r} changed from {total} to {response.total_length} bytes during "
-                    "the transfer; fetch it again"
-                )
+                offset = wanted + len(response.data)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def fetch_all(self, path: str, *, max_length: int | None = None) -> bytes | None:
         """The whole of ``path``, or None if the repository has no such file.
