@@ -8,6 +8,7 @@ in the registry, so they keep increasing across restarts of the store.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +26,16 @@ from model_store.home import StoreHome
 from model_store.registry import Stage
 from model_store.store import ModelStore
 
-__all__ = ["assign", "controller_key", "controller_public_key_path"]
+__all__ = [
+    "assign",
+    "controller_key",
+    "controller_public_key_path",
+    "desired_models",
+    "set_model",
+]
 
 _SEQUENCE_KEY = "desired_sequence:"
+_MODELS_KEY = "desired_models:"
 
 
 def controller_public_key_path(home: StoreHome) -> Path:
@@ -92,6 +100,31 @@ def assign(
         )
         mqtt.publish(topic, seal_desired(state, key), qos=1, retain=True, wait=True)
         store.registry.set_meta(_SEQUENCE_KEY + device_id, str(sequence))
+        store.registry.set_meta(_MODELS_KEY + device_id, json.dumps(dict(models), sort_keys=True))
         refs = [f"{n}:{v}" for n, v in models]
         store.record("fleet.assign", device_id, {"sequence": sequence, "models": refs})
     return state
+
+
+def desired_models(store: ModelStore, device_id: str) -> dict[str, int]:
+    """What the device was last told to run (model -> version)."""
+    raw = store.registry.meta(_MODELS_KEY + device_id, "{}")
+    return {str(name): int(version) for name, version in json.loads(raw).items()}
+
+
+def set_model(
+    store: ModelStore,
+    mqtt: MqttClient,
+    device_id: str,
+    model: str,
+    version: int | None,
+    *,
+    rollout_id: str = "",
+) -> DesiredState:
+    """Change one model of a device's desired state (``None`` removes it), keeping the others."""
+    models = desired_models(store, device_id)
+    if version is None:
+        models.pop(model, None)
+    else:
+        models[model] = version
+    return assign(store, mqtt, device_id, sorted(models.items()), rollout_id=rollout_id)
