@@ -199,6 +199,9 @@ class PrivateBroker:
             "log_type information",
             "connection_messages true",
             "set_tcp_nodelay true",  # small answers must not wait for delayed ACKs
+            # A fleet reconciling at once queues many QoS 1 events for the controller; the
+            # default of 1000 per client drops the rest (seen with 1,000 devices).
+            "max_queued_messages 100000",
             # As root, mosquitto would switch to the user `mosquitto`, who cannot write here.
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
         ]

@@ -12,6 +12,11 @@ from a handler sends the SUBSCRIBE without waiting for the broker's acknowledgem
 
 After a dropped connection paho reconnects by itself (exponential back-off); the client then
 subscribes again to every filter it holds, and requests waiting for a reply fail at once.
+
+A process holding hundreds of connections passes ``loop=`` an :class:`MqttLoop` (see
+``edgefabric.mqtt_loop``): one thread then serves every client given that loop, instead of a
+thread (and a ``select()`` limited to descriptors below 1024) per client. The behaviour above is
+the same either way; handlers of all those clients share the loop's thread.
 """
 
 from __future__ import annotations
@@ -36,13 +41,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefabric.errors import TransportError
+from edgefabric.mqtt_loop import MqttLoop
 
-__all__ = ["BrokerAddress", "Message", "MessageHandler", "MqttClient", "Will"]
+__all__ = ["BrokerAddress", "Message", "MessageHandler", "MqttClient", "MqttLoop", "Will"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _SHARE_PREFIX = "$share/"
+_LOOP_CLOSE_WAIT_S = 5.0  # how long close() waits for a shared loop to send the DISCONNECT
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,9 @@ class MqttClient:
         tls_context: ssl.SSLContext | None = None,
         reconnect_min_delay_s: int = 1,
         reconnect_max_delay_s: int = 30,
+        loop: MqttLoop | None = None,
     ) -> None:
+        """``loop``: a running :class:`MqttLoop` to share instead of a network thread of its own."""
         if tls_context is not None and not address.tls:
             raise ValueError(f"a TLS context was given for {address}; use an mqtts:// URL")
         self.address = address
@@ -182,6 +191,10 @@ class MqttClient:
         self._reply_topics: set[str] = set()
         self._pending: dict[bytes, _Outcome] = {}
         self._listeners: list[Callable[[bool], None]] = []
+        self._io_loop = loop
+        self._reconnect_delays = (float(reconnect_min_delay_s), float(reconnect_max_delay_s))
+        self._socket_gone = threading.Event()  # no socket open (shared loop only)
+        self._socket_gone.set()
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
@@ -196,6 +209,10 @@ class MqttClient:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        if loop is not None:
+            client.on_socket_open = self._socket_opened
+            client.on_socket_close = self._socket_closed
+            client.on_socket_register_write = self._socket_wants_write
         self._paho = client
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -209,6 +226,13 @@ class MqttClient:
             if self._state is not _State.NEW:
                 raise RuntimeError(f"MQTT client {self.client_id!r} is {self._state.value}")
             self._state = _State.RUNNING
+        if self._io_loop is not None:
+            if not self._io_loop.running:
+                with self._lock:
+                    self._state = _State.NEW
+                raise RuntimeError(f"start MQTT loop {self._io_loop.name!r} before connecting")
+            self._loop_thread = self._io_loop.thread_ident
+            self._io_loop._attach(self)
         deadline = time.monotonic() + timeout_s
         properties = _properties(PacketTypes.CONNECT)
         if self._session_expiry_s:
@@ -230,7 +254,8 @@ class MqttClient:
             raise self._connect_failed(
                 f"cannot connect to MQTT broker {self.address}: {paho.error_string(rc)}"
             )
-        self._paho.loop_start()
+        if self._io_loop is None:
+            self._paho.loop_start()
         if not self._connack.wait(max(0.0, deadline - time.monotonic())):
             raise self._connect_failed(
                 f"MQTT broker {self.address} did not answer CONNECT within {timeout_s:g} s"
@@ -426,8 +451,14 @@ class MqttClient:
         return threading.get_ident() == self._loop_thread
 
     def _abandon(self) -> None:
-        self._paho.disconnect()
-        self._paho.loop_stop()
+        if self._io_loop is None:
+            self._paho.disconnect()
+            self._paho.loop_stop()
+        else:
+            self._io_loop._detach(self)  # before the socket closes: no reconnect
+            sent = self._paho.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS
+            if sent and not self._on_loop_thread() and self._io_loop.running:
+                self._socket_gone.wait(_LOOP_CLOSE_WAIT_S)
         self._connected.clear()
 
     def _connect_failed(self, message: str) -> TransportError:
@@ -596,6 +627,46 @@ class MqttClient:
                     subscription.topic_filter,
                     message.topic,
                 )
+
+    # -- a shared MqttLoop (edgefabric.mqtt_loop): its hooks, called on its thread -----------
+
+    def _socket_opened(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._socket_gone.clear()
+        if self._io_loop is not None and isinstance(sock, socket.socket):
+            self._io_loop._opened(self, sock)
+
+    def _socket_closed(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._io_loop is not None and isinstance(sock, socket.socket):
+            self._io_loop._closed(self, sock)
+        self._socket_gone.set()
+
+    def _socket_wants_write(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        if self._io_loop is not None:
+            self._io_loop._wants_write(self)
+
+    def _io_socket(self) -> socket.socket | None:
+        sock = self._paho.socket()
+        return sock if isinstance(sock, socket.socket) else None
+
+    def _io_read(self) -> None:
+        self._paho.loop_read()
+        sock = self._paho.socket()
+        while isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted, unseen by epoll
+            self._paho.loop_read()
+            sock = self._paho.socket()
+
+    def _io_write(self) -> bool:
+        self._paho.loop_write()
+        return self._paho.want_write()
+
+    def _io_misc(self) -> None:
+        self._paho.loop_misc()
+
+    def _io_reconnect(self) -> None:
+        self._paho.reconnect()
+
+    def _io_reconnect_delays(self) -> tuple[float, float]:
+        return self._reconnect_delays
 
     def _fail_pending(self, reason: str) -> None:
         with self._lock:

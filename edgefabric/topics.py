@@ -18,6 +18,7 @@ __all__ = [
     "ALL_DEVICE_EVENTS",
     "ALL_DEVICE_HEALTH",
     "ALL_DEVICE_STATUS",
+    "ALL_ROLLOUTS",
     "PREFIX",
     "REPO_REQUEST_FILTER",
     "device_desired",
@@ -28,6 +29,7 @@ __all__ = [
     "repo_request",
     "repo_request_client",
     "repo_response",
+    "rollout_status",
     "shared",
 ]
 
@@ -38,6 +40,7 @@ REPO_REQUEST_FILTER = f"{_REPO_REQUEST}+"
 ALL_DEVICE_STATUS = f"{PREFIX}/dev/+/status"
 ALL_DEVICE_HEALTH = f"{PREFIX}/dev/+/health"
 ALL_DEVICE_EVENTS = f"{PREFIX}/dev/+/events"
+ALL_ROLLOUTS = f"{PREFIX}/rollouts/+"
 """What the distribution server subscribes to: every client's repository requests."""
 
 _FORBIDDEN = frozenset("/+#\x00")
@@ -76,6 +79,11 @@ def device_events(device: str) -> str:
 def device_infer(device: str) -> str:
     """Inference requests relayed to a device that accepts no inbound connections."""
     return f"{PREFIX}/dev/{_level('device id', device)}/infer"
+
+
+def rollout_status(rollout_id: str) -> str:
+    """Retained progress of a rollout (JSON), written by the controller."""
+    return f"{PREFIX}/rollouts/{_level('rollout id', rollout_id)}"
 
 
 def repo_request(client_id: str) -> str:

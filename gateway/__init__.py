@@ -1,6 +1,6 @@
-"""The gateway: the fabric's front door speaking KServe v2 over gRPC."""
+"""The gateway: the fabric's front door speaking KServe v2 over gRPC.
 
-from gateway.app import Gateway
-from gateway.settings import GatewaySettings
-
-__all__ = ["Gateway", "GatewaySettings"]
+Import :class:`gateway.app.Gateway` and :class:`gateway.settings.GatewaySettings` from their
+modules; this package imports nothing eagerly, so ``edgefabric`` commands that do not serve
+start fast.
+"""

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway.app import Gateway
 from gateway.settings import GatewaySettings
 
 __all__ = ["register"]
@@ -46,5 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = GatewaySettings(**overrides)
     except ValidationError as exc:
         raise SystemExit(f"edgefabric gateway serve: invalid settings:\n{exc}") from None
+    from gateway.app import Gateway  # noqa: PLC0415  (keeps every other command's start fast)
+
     asyncio.run(Gateway(settings).run())
     return 0

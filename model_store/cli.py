@@ -12,9 +12,12 @@ from edgefabric.golden import Tolerance
 from edgefabric.targets import model_target_path
 from model_store.distribution import DEFAULT_CHUNK_SIZE
 from model_store.export import DEFAULT_MAX_BATCH_SIZE, export_versions
+from model_store.fleet_view import register_fleet_status
 from model_store.home import StoreHome
 from model_store.keys import ROLES
 from model_store.registry import ModelVersion, Stage
+from model_store.rollout_cli import register_rollout
+from model_store.simulate import register_simulate
 from model_store.store import ModelStore, PushRequest
 
 __all__ = ["register"]
@@ -355,6 +358,8 @@ def _register_fleet(
     assign.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     assign.add_argument("--client-id", default="edgefabric-controller", help="MQTT client id")
     assign.set_defaults(handler=_run(_fleet_assign))
+    register_fleet_status(sub)
+    register_simulate(sub)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -365,3 +370,4 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _register_keys_and_audit(commands, common)
     _register_store(commands, common)
     _register_fleet(commands, common)
+    register_rollout(commands, common, _run)

@@ -41,6 +41,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # Rollouts (model_store.rollout.persist): the whole state as JSON, a few columns to list by.
+    """
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        created_s REAL NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE INDEX rollouts_by_phase ON rollouts (phase, created_s);
+    """,
 )
 
 
