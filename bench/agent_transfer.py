@@ -398,6 +398,7 @@ def agent_process(data_dir: Path, broker_url: str, trust_root: Path) -> Iterator
         sys.executable, "-m", "edgefabric.cli", "--log-level", "WARNING", "agent", "run",
         "--device-id", "bench-agent", "--broker", broker_url, "--trust-root", str(trust_root),
         "--data-dir", str(data_dir), "--grpc-port", "0",
+        "--allow-unsigned-desired",  # idle: it is never sent desired state
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

@@ -26,6 +26,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--trust-root", type=Path, help="the store's TUF root.json")
     run.add_argument("--data-dir", type=Path, help="where the agent keeps models and state")
     run.add_argument("--desired-key", type=Path, help="controller public key (PEM)")
+    run.add_argument(
+        "--allow-unsigned-desired",
+        action="store_true",
+        default=None,
+        help="accept unsigned desired state (labs only)",
+    )
     run.add_argument("--label", action="append", help="KEY=VALUE label (repeatable)")
     run.add_argument("--grpc-address", help="local KServe v2 address (default 127.0.0.1)")
     run.add_argument("--grpc-port", type=int, help="local KServe v2 port (default 8101; 0 = any)")
@@ -42,6 +48,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "trust_root",
         "data_dir",
         "desired_key",
+        "allow_unsigned_desired",
         "grpc_address",
         "grpc_port",
         "health_interval_s",

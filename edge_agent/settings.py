@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["AgentSettings", "read_settings_file"]
@@ -26,8 +26,14 @@ class AgentSettings(BaseSettings):
     data_dir: Path = Field(description="Where slots, metadata, partial downloads and state live.")
     desired_key: Path | None = Field(
         None,
-        description="The controller's ed25519 public key (PEM). When set, unsigned or wrongly "
-        "signed desired state is refused; without it desired state is accepted unsigned.",
+        description="The controller's ed25519 public key (PEM, the store's controller.pub): "
+        "desired state that is unsigned or signed by another key is refused. Required unless "
+        "allow_unsigned_desired is set.",
+    )
+    allow_unsigned_desired: bool = Field(
+        False,
+        description="Accept unsigned desired state (labs only: anyone who can publish to the "
+        "broker could then steer the device).",
     )
     labels: dict[str, str] = Field(
         default_factory=dict, description="Labels reported in the birth status (site, class)."
@@ -48,6 +54,15 @@ class AgentSettings(BaseSettings):
     outbox_max_items: int = Field(
         10_000, ge=1, description="Events kept while offline; the oldest are dropped beyond it."
     )
+
+    @model_validator(mode="after")
+    def _desired_state_is_authenticated(self) -> AgentSettings:
+        if self.desired_key is None and not self.allow_unsigned_desired:
+            raise ValueError(
+                "desired_key is required: give the store's controller.pub (--desired-key), or "
+                "set allow_unsigned_desired for a lab"
+            )
+        return self
 
     @field_validator("trust_root")
     @classmethod
