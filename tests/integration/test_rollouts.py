@@ -207,3 +207,22 @@ def test_operators_can_pause_and_roll_back(fleet: Fleet) -> None:
     _edgefabric(fleet.home, "rollout", "rollback", rollout_id)
     fleet.wait_phase(rollout_id, "ROLLED_BACK")
     assert {fleet.served_version(d) for d in DEVICES} == {"1"}
+
+
+def test_an_offline_device_catches_up_when_it_returns(fleet: Fleet) -> None:
+    process, _ = fleet.agents.pop("cam-c")
+    process.terminate()  # a clean stop publishes the offline status
+    process.wait(timeout=30)
+    assert process.stdout is not None
+    process.stdout.close()
+    server = fleet.server
+    assert server is not None
+    offline = lambda views: not views["cam-c"].online  # noqa: E731
+    assert server.fleet.wait_for(offline, TIMEOUT_S)
+    rollout_id = fleet.rollout("mlp:2", "--stages", "100%", "--gate", "selftest")
+    summary = fleet.wait_phase(rollout_id, "COMPLETED", "ROLLED_BACK")
+    assert summary["phase"] == "COMPLETED", summary
+    fleet.start_agent("cam-c")  # back online: the retained desired state is waiting for it
+    caught_up = lambda views: views["cam-c"].active.get("mlp") == 2  # noqa: E731
+    assert server.fleet.wait_for(caught_up, TIMEOUT_S)
+    assert fleet.served_version("cam-c") == "2"
