@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from edgefabric import topics
@@ -50,7 +49,6 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path = root / f"mlp{version}.onnx"
         path.write_bytes(mlp_model(hidden=hidden).SerializeToString())
         _edgefabric(home, "model", "push", str(path), "--name", "mlp")
-    np.save(root / "unused.npy", np.zeros(1))
     return home
 
 
