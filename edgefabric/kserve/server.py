@@ -12,6 +12,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from edgefabric.dataplane import DataPlane
+from edgefabric.kserve.forwarding import Forwarder
 from edgefabric.kserve.servicer import InferenceServicer
 
 __all__ = ["INFERENCE_SERVICE", "KServeServer", "ServerOptions", "start_server"]
@@ -62,8 +63,11 @@ class KServeServer:
         await self.server.wait_for_termination()
 
 
-async def start_server(data: DataPlane, options: ServerOptions) -> KServeServer:
-    """Start serving ``data``; returns the server with the port it really bound."""
+async def start_server(
+    data: DataPlane, options: ServerOptions, forwarder: Forwarder | None = None
+) -> KServeServer:
+    """Start serving ``data`` (and what ``forwarder`` routes); returns the server and the
+    port it really bound."""
     server = grpc.aio.server(
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         options=[
@@ -72,7 +76,9 @@ async def start_server(data: DataPlane, options: ServerOptions) -> KServeServer:
             ("grpc.so_reuseport", 0),
         ],
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(data), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(data, forwarder), server
+    )
     port = server.add_insecure_port(f"{options.address}:{options.port}")
     if port == 0:
         raise OSError(f"could not bind {options.address}:{options.port}")

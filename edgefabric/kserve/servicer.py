@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc
 from edgefabric.dataplane import DataPlane
 from edgefabric.errors import EdgefabricError, OverloadedError, UnsupportedError, grpc_status_for
 from edgefabric.kserve import converters
+from edgefabric.kserve.forwarding import Forwarder
 
 __all__ = ["InferenceServicer"]
 
@@ -72,8 +73,13 @@ def guarded(
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """``inference.GRPCInferenceService`` over a :class:`DataPlane`."""
 
-    def __init__(self, data: DataPlane) -> None:
+    def __init__(self, data: DataPlane, forwarder: Forwarder | None = None) -> None:
         self._data = data
+        self._forwarder = forwarder
+
+    def _forwarded(self, model: str) -> Forwarder | None:
+        forwarder = self._forwarder
+        return forwarder if forwarder is not None and forwarder.forwards(model) else None
 
     @guarded
     async def ServerLive(
@@ -100,12 +106,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
+        if forwarder := self._forwarded(request.name):
+            return pb.ModelReadyResponse(
+                ready=await forwarder.model_ready(request.name, request.version)
+            )
         return pb.ModelReadyResponse(ready=self._data.model_ready(request.name, request.version))
 
     @guarded
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
+        if forwarder := self._forwarded(request.name):
+            return await forwarder.metadata(request.name, request.version)
         served, version = self._data.resolve(request.name, request.version)
         versions = [version.version] if request.version else list(served.versions)
         return converters.metadata_to_proto(served.signature, versions, served.config.platform)
@@ -114,6 +126,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
+        if forwarder := self._forwarded(request.name):
+            return pb.ModelConfigResponse(
+                config=await forwarder.config(request.name, request.version)
+            )
         return pb.ModelConfigResponse(config=self._data.model_config(request.name, request.version))
 
     @guarded
@@ -123,8 +139,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return await self._infer(request, context.time_remaining())
 
     async def _infer(
-        self, request: pb.ModelInferRequest, time_remaining_s: float | None
+        self, request: pb.ModelInferRequest, time_remaining_s: float | None, *, stream: bool = False
     ) -> pb.ModelInferResponse:
+        if forwarder := self._forwarded(request.model_name):
+            return await forwarder.infer(request, time_remaining_s, stream=stream)
         decoded = converters.request_from_proto(
             request, now_s=time.monotonic(), time_remaining_s=time_remaining_s
         )
@@ -139,7 +157,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, None)
+                response = await self._infer(request, None, stream=True)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:  # reported in-band; the stream goes on
                 message = (
@@ -187,7 +205,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
-        return converters.index_to_proto(self._data.repository_index(ready_only=request.ready))
+        index = converters.index_to_proto(self._data.repository_index(ready_only=request.ready))
+        if self._forwarder is not None:
+            local = {entry.name for entry in index.models}
+            index.models.extend(e for e in self._forwarder.index() if e.name not in local)
+        return index
 
     @guarded
     async def RepositoryModelLoad(
