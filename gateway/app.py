@@ -12,6 +12,9 @@ from edgefabric.metrics import ServingMetrics
 from edgefabric.models.repository import ModelRepository
 from edgefabric.runtime.base import Runtime
 from edgefabric.runtime.onnx import OnnxRuntime, OrtOptions
+from gateway.pools.remote import RemoteKServePool
+from gateway.router import Router
+from gateway.routing import RoutingPolicy, parse_routes
 from gateway.settings import GatewaySettings
 
 __all__ = ["Gateway"]
@@ -40,6 +43,7 @@ class Gateway:
             metrics=metrics,
         )
         self.data = DataPlane(self.repository, metrics=metrics)
+        self.router = _build_router(settings, self.data)
         self._server: KServeServer | None = None
         self.metrics_port: int | None = None
 
@@ -55,6 +59,8 @@ class Gateway:
         if self._server is not None:
             raise RuntimeError("the gateway is already started")
         await self.repository.load_all()
+        if self.router is not None:
+            await self.router.start()
         self._server = await start_server(
             self.data,
             ServerOptions(
@@ -63,6 +69,7 @@ class Gateway:
                 max_message_bytes=self.settings.max_message_bytes,
                 max_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
             ),
+            self.router,
         )
         if self.settings.metrics_port >= 0:
             self.metrics_port = self.data.metrics.serve_http(
@@ -75,6 +82,8 @@ class Gateway:
             return
         await self._server.stop(self.settings.drain_grace_s if grace_s is None else grace_s)
         self._server = None
+        if self.router is not None:
+            await self.router.stop()
         self.repository.close()
 
     async def run(self) -> None:
@@ -91,3 +100,17 @@ class Gateway:
         await stop.wait()
         log.info("signal received: draining")
         await self.stop()
+
+
+def _build_router(settings: GatewaySettings, data: DataPlane) -> Router | None:
+    """A router when pools or routes are configured; ``None`` keeps the plain local path."""
+    if not settings.pools and not settings.routes:
+        return None
+    pools = {}
+    for item in settings.pools:
+        name, _, target = item.partition("=")
+        pools[name] = RemoteKServePool(
+            name, target.removeprefix("grpc://"), max_message_bytes=settings.max_message_bytes
+        )
+    routes = parse_routes(settings.routes)
+    return Router(data, pools, routes, RoutingPolicy())

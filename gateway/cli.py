@@ -32,6 +32,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="append",
         help="ONNX Runtime provider, in order of preference (repeatable)",
     )
+    serve.add_argument(
+        "--pool",
+        dest="pools",
+        action="append",
+        help="remote KServe v2 pool NAME=grpc://HOST:PORT (repeatable)",
+    )
+    serve.add_argument(
+        "--route", dest="routes", action="append", help="route table entry (repeatable)"
+    )
     serve.set_defaults(handler=_serve)
 
 

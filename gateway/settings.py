@@ -55,6 +55,26 @@ class GatewaySettings(BaseSettings):
         10.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM."
     )
 
+    pools: tuple[str, ...] = Field(
+        (),
+        description="Remote KServe v2 pools as NAME=grpc://HOST:PORT (a Triton, MLServer or "
+        "another gateway); their models are served next to the local ones.",
+    )
+    routes: tuple[str, ...] = Field(
+        (), description="Route table entries (see gateway/routing/table.py for the syntax)."
+    )
+
+    @field_validator("pools")
+    @classmethod
+    def _pools_are_named_targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            name, sep, target = item.partition("=")
+            if not sep or not name or not target.startswith("grpc://") or name == "local":
+                raise ValueError(
+                    f"pool {item!r}: expected NAME=grpc://HOST:PORT (NAME other than 'local')"
+                )
+        return value
+
     @field_validator("model_repository")
     @classmethod
     def _repository_exists(cls, value: Path) -> Path:
