@@ -3,9 +3,10 @@
 The backend is an edgefabric gateway process serving ``identity_fp32`` on FP32 [1, 16384]
 (64 KiB each way). The proxy is a minimal grpc.aio server in its own process whose ModelInfer
 forwards through :class:`gateway.pools.remote.RemoteKServePool` (the gateway's servicer is not
-wired to the router yet). The client is ``tritonclient.grpc`` in a closed loop at concurrency 1;
-direct and hop rounds alternate so drift hits both alike. Prints one JSON object per result;
-writes bench/results/routing_hop.json.
+wired to the router yet); a second proxy forwarding through one bare grpc.aio stub is the control
+for what the pool itself costs. The client is ``tritonclient.grpc`` in a closed loop at
+concurrency 1; the paths alternate in rotating rounds so drift hits all alike. Prints one JSON
+object per result; writes bench/results/routing_hop.json.
 
     .venv/bin/python -m bench.routing_hop [--requests 3000] [--rounds 10]
 """
@@ -21,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,37 +40,53 @@ from gateway.pools.remote import RemoteKServePool
 
 MODEL = "identity_fp32"
 SHAPE = (1, 16384)  # 64 KiB of FP32
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE = 64 * 1024 * 1024
+MESSAGE_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
 TARGETS = {"added_p50_ms": 0.5, "added_p99_ms": 2.0}
 
 
-class ForwardingServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """ModelInfer only, handed to one remote pool with the caller's remaining deadline."""
+Forward = Callable[[pb.ModelInferRequest, float | None], Awaitable[pb.ModelInferResponse]]
 
-    def __init__(self, pool: RemoteKServePool) -> None:
-        self._pool = pool
+
+class ForwardingServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """ModelInfer only, handed on with the caller's remaining deadline."""
+
+    def __init__(self, forward: Forward) -> None:
+        self._forward = forward
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
         try:
-            return await self._pool.infer(request, timeout_s=context.time_remaining())
+            return await self._forward(request, context.time_remaining())
         except EdgefabricError as exc:
             await context.abort(grpc_status_for(exc), str(exc))
             raise  # unreachable: abort raises
 
 
-async def serve_proxy(backend: str, channels: int) -> None:
-    """Forward ModelInfer to ``backend`` until SIGTERM; prints the bound address first."""
-    pool = RemoteKServePool("bench", backend, channels=channels)
+async def serve_proxy(backend: str, mode: str, channels: int) -> None:
+    """Forward ModelInfer to ``backend`` until SIGTERM; prints the bound address first.
+
+    ``mode`` "pool" forwards through :class:`RemoteKServePool`; "bare" through one plain
+    grpc.aio stub, the control that shows what the pool itself costs.
+    """
+    pool = RemoteKServePool("bench", backend, channels=channels, max_message_bytes=MAX_MESSAGE)
+    bare = grpc.aio.insecure_channel(backend, options=MESSAGE_OPTIONS)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(bare)
+
+    async def via_pool(request: pb.ModelInferRequest, timeout_s: float | None) -> Any:
+        return await pool.infer(request, timeout_s=timeout_s)
+
+    async def via_stub(request: pb.ModelInferRequest, timeout_s: float | None) -> Any:
+        return await stub.ModelInfer(request, timeout=timeout_s)
+
     await pool.start()
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(ForwardingServicer(pool), server)
+    server = grpc.aio.server(options=MESSAGE_OPTIONS)
+    servicer = ForwardingServicer(via_pool if mode == "pool" else via_stub)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     stop = asyncio.Event()
@@ -78,13 +95,14 @@ async def serve_proxy(backend: str, channels: int) -> None:
     await stop.wait()
     await server.stop(1.0)
     await pool.stop()
+    await bare.close(None)
 
 
 @contextmanager
-def proxy_process(backend: str, channels: int) -> Iterator[str]:
+def proxy_process(backend: str, mode: str, channels: int) -> Iterator[str]:
     """Run :func:`serve_proxy` in its own process; yields its host:port."""
     command = [sys.executable, "-m", "bench.routing_hop", "--proxy-for", backend]
-    command += ["--channels", str(channels)]
+    command += ["--proxy-mode", mode, "--channels", str(channels)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -94,7 +112,11 @@ def proxy_process(backend: str, channels: int) -> Iterator[str]:
         yield line.rsplit(" ", 1)[1].strip()
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def timed(
@@ -109,77 +131,97 @@ def timed(
     return latencies
 
 
+def compare(path: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """What ``path`` adds over ``base`` at p50 and p99."""
+    return {
+        "added_p50_ms": round(path["p50_ms"] - base["p50_ms"], 4),
+        "added_p99_ms": round(path["p99_ms"] - base["p99_ms"], 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="per path, over all rounds")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--channels", type=int, default=2, help="proxy connections to backend")
+    parser.add_argument("--channels", type=int, default=2, help="pool connections to backend")
     parser.add_argument("--proxy-for", help=argparse.SUPPRESS)
+    parser.add_argument("--proxy-mode", choices=("pool", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.proxy_for:
-        asyncio.run(serve_proxy(args.proxy_for, args.channels))
+        asyncio.run(serve_proxy(args.proxy_for, args.proxy_mode, args.channels))
         return
 
-    results: list[dict[str, Any]] = []
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     tensor = triton.InferInput("input", list(SHAPE), "FP32")
     tensor.set_data_from_numpy(x)
     per_round = args.requests // args.rounds
-    latencies: dict[str, list[float]] = {"direct": [], "via_hop": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    paths = ("direct", "via_pool_hop", "via_bare_stub_hop")
+    latencies: dict[str, list[float]] = {name: [] for name in paths}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         write_model(Path(tmp), MODEL, identity_model("FP32"))
-        with (
-            gateway_process(Path(tmp)) as (backend, _pid),
-            proxy_process(backend, args.channels) as proxy,
-            triton.InferenceServerClient(backend) as direct,
-            triton.InferenceServerClient(proxy) as via_hop,
-        ):
-            clients = {"direct": direct, "via_hop": via_hop}
-            answers = {
-                name: c.infer(MODEL, [tensor]).as_numpy("output") for name, c in clients.items()
-            }
-            if not all(np.array_equal(a, x) for a in answers.values()):
-                raise RuntimeError("the hop changed the answer")
-            for client in clients.values():
-                timed(client, tensor, args.warmup)
-            for round_index in range(args.rounds):
-                order = list(clients) if round_index % 2 == 0 else list(reversed(clients))
-                for name in order:
-                    latencies[name] += timed(clients[name], tensor, per_round)
+        backend, _pid = stack.enter_context(gateway_process(Path(tmp)))
+        addresses = {
+            "direct": backend,
+            "via_pool_hop": stack.enter_context(proxy_process(backend, "pool", args.channels)),
+            "via_bare_stub_hop": stack.enter_context(proxy_process(backend, "bare", 1)),
+        }
+        clients = {
+            name: stack.enter_context(triton.InferenceServerClient(address))
+            for name, address in addresses.items()
+        }
+        for client in clients.values():
+            if not np.array_equal(client.infer(MODEL, [tensor]).as_numpy("output"), x):
+                raise RuntimeError("a hop changed the answer")
+            timed(client, tensor, args.warmup)
+        for round_index in range(args.rounds):  # rotate the order so drift hits every path
+            shift = round_index % len(paths)
+            for name in paths[shift:] + paths[:shift]:
+                latencies[name] += timed(clients[name], tensor, per_round)
 
-    summaries = {name: summarize(values) for name, values in latencies.items()}
+    results: list[dict[str, Any]] = []
     emit(
         {
             "bench": "routing_hop",
             "what": (
-                "tritonclient.grpc closed loop, concurrency 1, FP32 [1,16384] (64 KiB each way) "
-                "on identity_fp32; backend: an edgefabric gateway process; hop: a minimal "
-                "grpc.aio proxy process (in bench/routing_hop.py, not the gateway servicer, "
-                f"whose router wiring is pending) forwarding ModelInfer through RemoteKServePool "
-                f"over {args.channels} channels; direct and hop rounds alternate"
+                "added latency of one routing hop: tritonclient.grpc closed loop at concurrency "
+                "1, FP32 [1,16384] (64 KiB each way) on identity_fp32; backend: an edgefabric "
+                "gateway process. The hop is a minimal grpc.aio proxy process defined in "
+                "bench/routing_hop.py (the gateway servicer's router wiring was pending), "
+                f"forwarding ModelInfer through RemoteKServePool over {args.channels} channels; "
+                "the bare-stub hop forwards through one plain grpc.aio stub instead, as the "
+                "control for what the pool itself costs. Paths alternate in rotating rounds."
             ),
+            "command": "python -m bench.routing_hop " + " ".join(sys.argv[1:]),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "grpcio": grpc.__version__,
         },
         results,
     )
+    summaries = {name: summarize(values) for name, values in latencies.items()}
     for name, summary in summaries.items():
         emit({"bench": "routing_hop", "target": name, **summary}, results)
-    direct_s, hop_s = summaries["direct"], summaries["via_hop"]
-    added = {
-        "added_p50_ms": round(hop_s["p50_ms"] - direct_s["p50_ms"], 4),
-        "added_p99_ms": round(hop_s["p99_ms"] - direct_s["p99_ms"], 4),
-    }
+    added = compare(summaries["via_pool_hop"], summaries["direct"])
     emit(
         {
             "bench": "routing_hop",
-            "comparison": "via_hop_vs_direct",
+            "comparison": "via_pool_hop_vs_direct",
             **added,
-            "p50_ratio": round(hop_s["p50_ms"] / direct_s["p50_ms"], 2),
+            "p50_ratio": round(
+                summaries["via_pool_hop"]["p50_ms"] / summaries["direct"]["p50_ms"], 2
+            ),
             "targets": TARGETS,
             "met": {key: added[key] <= TARGETS[key] for key in TARGETS},
+        },
+        results,
+    )
+    emit(
+        {
+            "bench": "routing_hop",
+            "comparison": "via_pool_hop_vs_via_bare_stub_hop",
+            **compare(summaries["via_pool_hop"], summaries["via_bare_stub_hop"]),
+            "note": "what RemoteKServePool adds over forwarding with a bare grpc.aio stub",
         },
         results,
     )

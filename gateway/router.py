@@ -32,7 +32,7 @@ from edgefabric.errors import (
 )
 from edgefabric.kserve import converters
 from gateway.pools.remote import RemoteKServePool
-from gateway.routing import PoolSnapshot, Route, RoutingPolicy
+from gateway.routing import PoolSnapshot, Route, RoutingPolicy, split_target
 
 __all__ = ["LOCAL_POOL", "Router", "ShadowStats"]
 
@@ -103,13 +103,15 @@ class Router:
         model = request.model_name
         now = self._clock()
         deadline = None if time_remaining_s is None else now + time_remaining_s
+        route = self._routes.get(model)
         plan = self._policy.choose(
             model,
-            self._routes.get(model),
+            route,
             self._snapshots(),
             deadline_s=deadline,
             now_s=now,
-            site=_site(request),
+            site=_site(request, route),
+            version=request.model_version,
             stream=stream,
         )
         primary: asyncio.Future[pb.ModelInferResponse] | None = None
@@ -250,8 +252,14 @@ class Router:
         return snapshots
 
     async def _send(
-        self, name: str, request: pb.ModelInferRequest, remaining_s: float | None
+        self, target: str, request: pb.ModelInferRequest, remaining_s: float | None
     ) -> pb.ModelInferResponse:
+        name, version = split_target(target)
+        if version and not request.model_version:
+            pinned = pb.ModelInferRequest()
+            pinned.CopyFrom(request)
+            pinned.model_version = version
+            request = pinned
         if name != LOCAL_POOL:
             pool = self._pools.get(name)
             if pool is None:
@@ -301,6 +309,9 @@ class Router:
         task.add_done_callback(self._shadow_tasks.discard)
 
 
-def _site(request: pb.ModelInferRequest) -> str:
-    param = request.parameters.get("site")
+def _site(request: pb.ModelInferRequest, route: Route | None) -> str:
+    """The request's site, from the parameter the route's affinity label names."""
+    if route is None or not route.affinity_label:
+        return ""
+    param = request.parameters.get(route.affinity_label)
     return param.string_param if param is not None else ""

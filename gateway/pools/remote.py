@@ -225,7 +225,7 @@ class RemoteKServePool:
             _Connection(self.target, self._options) for _ in range(self._channel_count)
         ]
         self._state = PoolState.RUNNING
-        await self._check()
+        await self._guarded_check()
         self._health_task = asyncio.create_task(
             self._health_loop(), name=f"pool {self.name} health"
         )
@@ -349,11 +349,14 @@ class RemoteKServePool:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self._health_interval_s)
-            try:
-                await self._check()
-            except Exception:  # keep checking whatever one check met
-                log.exception("pool '%s': health check failed unexpectedly", self.name)
-                self._update(healthy=False, reason="health check failed")
+            await self._guarded_check()
+
+    async def _guarded_check(self) -> None:
+        try:
+            await self._check()
+        except Exception:  # keep checking whatever one check met
+            log.exception("pool '%s': health check failed unexpectedly", self.name)
+            self._update(healthy=False, reason="health check failed")
 
     async def _check(self) -> None:
         """Every connection answers ServerReady; rediscover models when the index changed."""
@@ -421,10 +424,13 @@ class RemoteKServePool:
         health_changed = healthy != self._healthy
         self._healthy = healthy
         if health_changed:
-            if healthy:
-                log.info("pool '%s' (%s) admitted", self.name, self.target)
-            else:
-                log.warning("pool '%s' (%s) ejected: %s", self.name, self.target, reason)
+            ejected = self._state is PoolState.RUNNING and not healthy
+            log.log(
+                logging.WARNING if ejected else logging.INFO,
+                "pool '%s' (%s) %s%s",
+                self.name, self.target, "admitted" if healthy else "ejected",
+                f": {reason}" if reason else "",
+            )  # fmt: skip
         if health_changed or models_changed:
             for callback in list(self._listeners):
                 try:

@@ -1,6 +1,25 @@
-"""Deadline-aware routing: a pure policy over pool snapshots, and route tables."""
+"""Deadline-aware routing: a pure policy over pool snapshots, and route tables from settings."""
 
-from gateway.routing.policy import PoolSnapshot, Route, RoutingPlan, RoutingPolicy
-from gateway.routing.table import parse_route, parse_routes
+from gateway.routing._types import PoolKind, PoolSnapshot, Route, split_target
+from gateway.routing.policy import RoutingPlan, RoutingPolicy
+from gateway.routing.table import (
+    format_route,
+    load_routes,
+    parse_route,
+    parse_routes,
+    routes_from_mapping,
+)
 
-__all__ = ["PoolSnapshot", "Route", "RoutingPlan", "RoutingPolicy", "parse_route", "parse_routes"]
+__all__ = [
+    "PoolKind",
+    "PoolSnapshot",
+    "Route",
+    "RoutingPlan",
+    "RoutingPolicy",
+    "format_route",
+    "load_routes",
+    "parse_route",
+    "parse_routes",
+    "routes_from_mapping",
+    "split_target",
+]

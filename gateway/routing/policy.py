@@ -1,81 +1,54 @@
-"""Which pool answers a request: a pure decision from pool snapshots and the deadline.
+"""Which target answers a request: a pure decision from pool snapshots, the route and ``now``.
 
-Predicted completion of a pool = its latency EWMA (a prior for pools with none yet) scaled by
-its load, ``(1 + (in_flight + queue_depth) / capacity)``. Pools that are unhealthy, ejected,
-do not serve the model, or cannot finish before the deadline are skipped. With route weights
-the primary is drawn at random by weight among the pools that fit (canary/A-B); otherwise
-the best prediction wins, pools at the request's site first. The rest, best first, are the
-failover order (none for streams: a stream is not retried). Consecutive retryable failures
-eject a pool for a while; after that one trial request decides whether it is re-admitted.
+For one request:
+
+1. *Candidates*: the route's targets (every pool that serves the model when the route names
+   none; weighted targets are added), minus the shadow and, when the client asked for a
+   version, targets pinned to another version.
+2. *Up*: healthy, reporting the model, and not ejected (see :mod:`gateway.routing._health`).
+3. *Fit*: predicted completion, the pool's latency EWMA (``prior_latency_s`` before it has
+   one) times ``1 + (in_flight + queue_depth) / capacity``, within the remaining deadline.
+4. *Primary*: with affinity, only fitting targets at the request's site compete when there
+   are any. Among them a weighted draw (seeded RNG) when some carry a weight, else the best
+   prediction (ties: the route's order, then the name).
+5. *Failovers*: the other fitting targets, site first then best predicted, other pools
+   before other versions on the primary's pool. None for streams: a stream is not retried.
+6. *Hedge*: with ``route.hedge``, after the primary's recent p95, when the first failover
+   could still finish in time. Never for streams.
+
+Errors: :class:`ModelNotFoundError` when nothing serves the model,
+:class:`ModelNotReadyError` when everything that serves it is down, and
+:class:`DeadlineExceededError` listing each prediction when nothing fits.
 """
 
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edgefabric.errors import DeadlineExceededError, ModelNotFoundError, ModelNotReadyError
+from gateway.routing._health import Ejector, LatencyWindow
+from gateway.routing._types import PoolSnapshot, Route, split_target
 
 __all__ = ["PoolSnapshot", "Route", "RoutingPlan", "RoutingPolicy"]
-
-UNKNOWN_LATENCY_S = 0.005
-_WINDOW = 256
-
-
-@dataclass(frozen=True)
-class PoolSnapshot:
-    """A pool as the I/O layer sees it at decision time."""
-
-    name: str
-    kind: str
-    healthy: bool
-    serves: frozenset[str]
-    latency_ewma_s: float | None
-    in_flight: int
-    capacity: int = 1
-    queue_depth: int = 0
-    site: str = ""
-
-    def predicted_s(self) -> float:
-        """Expected seconds to answer one more request."""
-        base = UNKNOWN_LATENCY_S if self.latency_ewma_s is None else self.latency_ewma_s
-        return base * (1 + (self.in_flight + self.queue_depth) / max(self.capacity, 1))
-
-
-@dataclass(frozen=True)
-class Route:
-    """One model's route: allowed pools, weights (canary split), shadow, site affinity."""
-
-    model: str
-    pools: tuple[str, ...] = ()
-    weights: Mapping[str, float] = field(default_factory=dict)
-    shadow: str | None = None
-    affinity_label: str | None = None
-    hedge: bool = False
 
 
 @dataclass(frozen=True)
 class RoutingPlan:
-    """Where to send: the primary, then failovers in order; a shadow copy; when to hedge."""
+    """Where one request goes; every entry is a target (``POOL`` or ``POOL@VERSION``)."""
 
     primary: str
     fallbacks: tuple[str, ...] = ()
+    """Failover order after the primary, for retryable failures only."""
     shadow: str | None = None
+    """Gets a copy; its answer is compared, never returned."""
     hedge_after_s: float | None = None
-
-
-@dataclass
-class _Health:
-    failures: int = 0
-    ejected_until_s: float = 0.0
-    trial: bool = False
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    """Send a copy to ``fallbacks[0]`` if the primary has not answered by then."""
 
 
 class RoutingPolicy:
-    """Chooses pools and learns from outcomes; holds no sockets and no clock of its own."""
+    """Chooses targets and learns from outcomes; no sockets, no clock of its own."""
 
     def __init__(
         self,
@@ -84,12 +57,28 @@ class RoutingPolicy:
         eject_after_failures: int = 3,
         eject_for_s: float = 5.0,
         hedge_quantile: float = 0.95,
+        prior_latency_s: float = 0.005,
+        latency_window: int = 256,
+        trial_timeout_s: float | None = None,
     ) -> None:
-        self._rng = random.Random(rng_seed)  # noqa: S311  (traffic split, not security)
-        self._eject_after = eject_after_failures
-        self._eject_for_s = eject_for_s
+        if eject_after_failures < 1:
+            raise ValueError(f"eject_after_failures must be >= 1, got {eject_after_failures}")
+        if not eject_for_s > 0 or not prior_latency_s > 0:
+            raise ValueError("eject_for_s and prior_latency_s must be positive seconds")
+        if not 0 < hedge_quantile <= 1:
+            raise ValueError(f"hedge_quantile must be in (0, 1], got {hedge_quantile}")
+        if latency_window < 1:
+            raise ValueError(f"latency_window must be >= 1 sample, got {latency_window}")
+        self._rng = random.Random(rng_seed)  # noqa: S311  (a traffic split, not a secret)
         self._hedge_quantile = hedge_quantile
-        self._health: dict[str, _Health] = {}
+        self._prior_s = prior_latency_s
+        self._window = latency_window
+        self._ejector = Ejector(
+            eject_after_failures,
+            eject_for_s,
+            eject_for_s if trial_timeout_s is None else trial_timeout_s,
+        )
+        self._latencies: dict[str, LatencyWindow] = {}
 
     def choose(
         self,
@@ -100,84 +89,186 @@ class RoutingPolicy:
         deadline_s: float | None,
         now_s: float,
         site: str = "",
+        version: str = "",
         stream: bool = False,
     ) -> RoutingPlan:
-        """The plan for one request (errors say why no pool can take it)."""
-        allowed = set(route.pools) if route and route.pools else None
-        shadow = route.shadow if route else None
-        serving = [
-            p
-            for p in pools
-            if model in p.serves and (allowed is None or p.name in allowed) and p.name != shadow
-        ]
-        if not serving:
-            raise ModelNotFoundError(f"no pool serves a model named {model!r}")
-        up = [p for p in serving if p.healthy and self._admitted(p.name, now_s)]
-        if not up:
-            names = ", ".join(p.name for p in serving)
-            raise ModelNotReadyError(f"model {model!r}: every pool serving it is down ({names})")
+        """The plan for one request; reserves the trial of any half-open target it names."""
+        by_name = {p.name: p for p in pools}
+        if len(by_name) != len(pools):
+            raise ValueError(f"a pool is reported twice: {sorted(p.name for p in pools)}")
         remaining = None if deadline_s is None else deadline_s - now_s
-        fitting = [p for p in up if remaining is None or p.predicted_s() <= remaining]
-        if not fitting:
-            predictions = ", ".join(f"{p.name} predicts {p.predicted_s() * 1e3:.1f} ms" for p in up)
+        if remaining is not None and remaining <= 0:
             raise DeadlineExceededError(
-                f"no pool can answer model {model!r} within {max(remaining or 0, 0) * 1e3:.1f} "
-                f"ms: {predictions}"
+                f"model {model!r}: the deadline passed {-remaining * 1e3:.1f} ms before routing"
             )
-        ranked = sorted(fitting, key=lambda p: (not (site and p.site == site), p.predicted_s()))
-        primary = self._weighted(ranked, route) if route and route.weights else ranked[0]
-        fallbacks = () if stream else tuple(p.name for p in ranked if p is not primary)
-        hedge = None
-        if route and route.hedge and fallbacks and not stream:
-            hedge = self.latency_quantile(primary.name)
-        return RoutingPlan(primary.name, fallbacks, shadow, hedge)
+        serving = self._serving(model, route, by_name, version)
+        predicted = self._up(model, serving, by_name, now_s)
+        fitting = _fitting(model, predicted, remaining)
+        explicit = route.targets() if route else ()
+        at_site = {
+            t: bool(route and route.affinity_label and site)
+            and by_name[split_target(t)[0]].site == site
+            for t in fitting
+        }
+        ranked = sorted(
+            fitting,
+            key=lambda t: (
+                not at_site[t],
+                predicted[t],
+                explicit.index(t) if t in explicit else len(explicit),
+                t,
+            ),
+        )
+        group = [t for t in ranked if at_site[t]] or ranked
+        weights = route.weights if route else {}
+        primary = self._draw(group, weights)
+        fallbacks: tuple[str, ...] = ()
+        if not stream:
+            same_pool = split_target(primary)[0]
+            others = [t for t in ranked if t != primary]
+            fallbacks = tuple(sorted(others, key=lambda t: split_target(t)[0] == same_pool))
+        for target in (primary, *fallbacks):
+            self._ejector.reserve_trial(target, now_s)
+            self._ejector.reserve_trial(split_target(target)[0], now_s)
+        return RoutingPlan(
+            primary,
+            fallbacks,
+            self._shadow(model, route, by_name, now_s),
+            self._hedge(route, primary, fallbacks, predicted, remaining),
+        )
 
     def record(
         self, pool: str, *, ok: bool, latency_s: float, now_s: float, retryable: bool
     ) -> None:
-        """Learn from one outcome: latencies for hedging, failures for ejection."""
-        health = self._health.setdefault(pool, _Health())
+        """Learn from one outcome of target ``pool``.
+
+        ``retryable``: the failure says the target is unreachable or not ready (it counts
+        towards ejection); ``False`` for the caller's faults, which count for nothing.
+        Latencies of successes feed :meth:`latency_quantile`.
+        """
+        if latency_s < 0:
+            raise ValueError(f"latency_s cannot be negative, got {latency_s}")
+        self._ejector.record(pool, ok=ok, retryable=retryable, now_s=now_s)
         if ok:
-            health.failures, health.trial, health.ejected_until_s = 0, False, 0.0
-            health.latencies.append(latency_s)
-            return
-        if not retryable:
-            return
-        health.failures += 1
-        if health.trial or health.failures >= self._eject_after:
-            health.ejected_until_s = now_s + self._eject_for_s
-            health.trial = False
+            self._latencies.setdefault(pool, LatencyWindow(self._window)).add(latency_s)
 
     def ejected(self, now_s: float) -> frozenset[str]:
-        """Pools sitting out an ejection now."""
-        return frozenset(n for n, h in self._health.items() if h.ejected_until_s > now_s)
+        """Targets sitting out an ejection at ``now_s`` (half-open ones are back)."""
+        return self._ejector.ejected(now_s)
 
     def latency_quantile(self, pool: str) -> float | None:
-        """The pool's recent ``hedge_quantile`` latency (None before any success)."""
-        latencies = sorted(self._health.get(pool, _Health()).latencies)
-        if not latencies:
-            return None
-        index = min(int(self._hedge_quantile * len(latencies)), len(latencies) - 1)
-        return latencies[index]
+        """The target's ``hedge_quantile`` over its recent successes; ``None`` before any."""
+        window = self._latencies.get(pool)
+        return None if window is None else window.quantile(self._hedge_quantile)
 
-    def _admitted(self, pool: str, now_s: float) -> bool:
-        health = self._health.get(pool)
-        if health is None or health.ejected_until_s == 0.0:
-            return True
-        if now_s < health.ejected_until_s:
-            return False
-        if not health.trial:  # half-open: one trial request decides
-            health.trial = True
-        return True
+    # ------------------------------------------------------------------ internals
 
-    def _weighted(self, ranked: Sequence[PoolSnapshot], route: Route) -> PoolSnapshot:
-        weighted = [(p, route.weights.get(p.name, 0.0)) for p in ranked]
-        total = sum(w for _, w in weighted)
-        if total <= 0:
+    def _serving(
+        self, model: str, route: Route | None, by_name: Mapping[str, PoolSnapshot], version: str
+    ) -> list[str]:
+        """Targets that serve the model, up or down (an unhealthy named target counts)."""
+        explicit = route.targets() if route else ()
+        found = explicit
+        if not (route and route.pools):
+            found += tuple(n for n, p in by_name.items() if model in p.serves and n not in found)
+        if route and route.shadow:
+            shadow_pool, shadow_version = split_target(route.shadow)
+            found = tuple(
+                t for t in found if t != route.shadow and (shadow_version or t != shadow_pool)
+            )
+        if version:
+            pinned = [t for t in found if split_target(t)[1] in ("", version)]
+            if found and not pinned:
+                raise ModelNotFoundError(
+                    f"model {model!r} version {version!r} is not routed; its route sends to "
+                    f"{', '.join(found)} (ask for one of those versions, or none)"
+                )
+            found = tuple(pinned)
+        serving = [
+            t
+            for t in found
+            if (pool := by_name.get(split_target(t)[0])) is not None
+            and (model in pool.serves or (t in explicit and not pool.healthy))
+        ]
+        if not serving:
+            known = f"; its route names {', '.join(explicit)}" if explicit else ""
+            raise ModelNotFoundError(f"no pool serves a model named {model!r}{known}")
+        return serving
+
+    def _up(
+        self, model: str, serving: Sequence[str], by_name: Mapping[str, PoolSnapshot], now_s: float
+    ) -> dict[str, float]:
+        """Predicted seconds of every serving target that is up; raises when none is."""
+        down = {t: self._down_reason(t, model, by_name, now_s) for t in serving}
+        if all(down.values()):
+            reasons = ", ".join(f"{t} {reason}" for t, reason in down.items())
+            raise ModelNotReadyError(f"model {model!r}: no pool that serves it is up ({reasons})")
+        return {
+            t: by_name[split_target(t)[0]].predicted_s(self._prior_s)
+            for t, reason in down.items()
+            if reason is None
+        }
+
+    def _down_reason(
+        self, target: str, model: str, by_name: Mapping[str, PoolSnapshot], now_s: float
+    ) -> str | None:
+        name = split_target(target)[0]
+        pool = by_name[name]
+        if not pool.healthy:
+            return "is unhealthy"
+        if model not in pool.serves:
+            return "does not report the model"
+        reason = self._ejector.unavailable_reason(target, now_s)
+        return reason or self._ejector.unavailable_reason(name, now_s)
+
+    def _draw(self, ranked: Sequence[str], weights: Mapping[str, float]) -> str:
+        """A weighted draw among weighted targets, else the first (best) one."""
+        weighted = [(t, w) for t in ranked if (w := weights.get(t, 0.0)) > 0]
+        if not weighted:
             return ranked[0]
-        pick = self._rng.uniform(0, total)
-        for pool, weight in weighted:
-            pick -= weight
-            if pick <= 0 and weight > 0:
-                return pool
-        return next(p for p, w in reversed(weighted) if w > 0)
+        point = self._rng.random() * sum(w for _, w in weighted)
+        for target, weight in weighted:
+            point -= weight
+            if point < 0:
+                return target
+        return weighted[-1][0]  # float rounding left a sliver at the end
+
+    def _shadow(
+        self, model: str, route: Route | None, by_name: Mapping[str, PoolSnapshot], now_s: float
+    ) -> str | None:
+        if route is None or route.shadow is None:
+            return None
+        name = split_target(route.shadow)[0]
+        pool = by_name.get(name)
+        if pool is None or not pool.healthy or model not in pool.serves:
+            return None
+        ejected = self._ejector.ejected(now_s)
+        return None if route.shadow in ejected or name in ejected else route.shadow
+
+    def _hedge(
+        self,
+        route: Route | None,
+        primary: str,
+        fallbacks: tuple[str, ...],
+        predicted: Mapping[str, float],
+        remaining: float | None,
+    ) -> float | None:
+        if route is None or not route.hedge or not fallbacks:
+            return None
+        after = self.latency_quantile(primary)
+        if after is None or (remaining is not None and after + predicted[fallbacks[0]] > remaining):
+            return None
+        return after
+
+
+def _fitting(model: str, predicted: Mapping[str, float], remaining_s: float | None) -> list[str]:
+    """Targets predicted to finish in time; raises, listing every prediction, when none is."""
+    fitting = [t for t, s in predicted.items() if remaining_s is None or s <= remaining_s]
+    if fitting:
+        return fitting
+    listed = ", ".join(
+        f"{t} predicts {s * 1e3:.1f} ms" for t, s in sorted(predicted.items(), key=lambda i: i[1])
+    )
+    raise DeadlineExceededError(
+        f"no pool can answer model {model!r} within {(remaining_s or 0) * 1e3:.1f} ms: {listed}"
+    )

@@ -1,19 +1,25 @@
-"""The routing decision: deadlines, weights, affinity, failover, ejection, shadow, hedging."""
+"""The routing decision, fed snapshots and ``now``: no loop, no sockets, no sleeps."""
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgefabric.errors import DeadlineExceededError, ModelNotFoundError, ModelNotReadyError
-from gateway.routing import PoolSnapshot, RoutingPolicy, parse_route, parse_routes
+from gateway.routing import PoolSnapshot, Route, RoutingPlan, RoutingPolicy, split_target
 
 pytestmark = pytest.mark.unit
 
 MS = 0.001
+T0 = 1_000.0  # any monotonic origin
 
 
-def pool(name: str, latency_ms: float | None = 1.0, **kw: object) -> PoolSnapshot:
-    values: dict[str, object] = {
+def pool(name: str, latency_ms: float | None = 1.0, **fields: Any) -> PoolSnapshot:
+    values: dict[str, Any] = {
         "name": name,
         "kind": "remote",
         "healthy": True,
@@ -22,119 +28,401 @@ def pool(name: str, latency_ms: float | None = 1.0, **kw: object) -> PoolSnapsho
         "in_flight": 0,
         "capacity": 4,
     }
-    values.update(kw)
-    return PoolSnapshot(**values)  # type: ignore[arg-type]
+    return PoolSnapshot(**{**values, **fields})
 
 
-def test_the_best_prediction_wins_and_the_rest_are_failovers_in_order() -> None:
-    plan = RoutingPolicy().choose(
-        "mlp", None, [pool("slow", 9), pool("fast", 1), pool("mid", 4)], deadline_s=None, now_s=0
+def choose(
+    policy: RoutingPolicy,
+    pools: list[PoolSnapshot],
+    route: Route | None = None,
+    *,
+    deadline_ms: float | None = None,
+    now_s: float = T0,
+    **kw: Any,
+) -> RoutingPlan:
+    deadline = None if deadline_ms is None else now_s + deadline_ms * MS
+    return policy.choose("mlp", route, pools, deadline_s=deadline, now_s=now_s, **kw)
+
+
+def fail(policy: RoutingPolicy, target: str, now_s: float, times: int = 1) -> None:
+    for _ in range(times):
+        policy.record(target, ok=False, latency_s=0.001, now_s=now_s, retryable=True)
+
+
+# ------------------------------------------------------------------ prediction and deadline
+
+
+def test_the_best_prediction_wins_and_the_rest_fail_over_best_first() -> None:
+    plan = choose(RoutingPolicy(), [pool("slow", 9), pool("fast", 1), pool("mid", 4)])
+    assert plan == RoutingPlan("fast", ("mid", "slow"))
+
+
+def test_load_scales_the_prediction_by_in_flight_and_queue_over_capacity() -> None:
+    # busy: 1 ms * (1 + (6 + 2) / 2) = 5 ms; idle: 3 ms.
+    busy = pool("busy", 1, in_flight=6, queue_depth=2, capacity=2)
+    assert choose(RoutingPolicy(), [busy, pool("idle", 3)]).primary == "idle"
+    with pytest.raises(DeadlineExceededError, match=r"busy predicts 5\.0 ms"):
+        choose(RoutingPolicy(), [busy], deadline_ms=4)
+
+
+def test_a_pool_without_measurements_is_predicted_from_the_prior() -> None:
+    pools = [pool("new", None), pool("known", 3)]
+    assert choose(RoutingPolicy(prior_latency_s=0.005), pools).primary == "known"
+    assert choose(RoutingPolicy(prior_latency_s=0.001), pools).primary == "new"
+
+
+def test_pools_that_cannot_meet_the_remaining_deadline_are_skipped() -> None:
+    plan = choose(
+        RoutingPolicy(), [pool("slow", 50), pool("ok", 5), pool("ok2", 8)], deadline_ms=10
     )
-    assert (plan.primary, plan.fallbacks) == ("fast", ("mid", "slow"))
+    assert plan == RoutingPlan("ok", ("ok2",))
 
 
-def test_load_counts_in_the_prediction() -> None:
-    busy = pool("busy", 1, in_flight=40)
-    plan = RoutingPolicy().choose("mlp", None, [busy, pool("idle", 3)], deadline_s=None, now_s=0)
-    assert plan.primary == "idle"
+def test_when_nothing_fits_the_error_lists_every_prediction_best_first() -> None:
+    pools = [pool("edge", 9), pool("local", 5.1)]
+    with pytest.raises(
+        DeadlineExceededError,
+        match=r"^no pool can answer model 'mlp' within 3\.2 ms: "
+        r"local predicts 5\.1 ms, edge predicts 9\.0 ms$",
+    ):
+        choose(RoutingPolicy(), pools, deadline_ms=3.2)
 
 
-def test_pools_that_cannot_meet_the_deadline_are_skipped() -> None:
-    plan = RoutingPolicy().choose(
-        "mlp", None, [pool("slow", 50), pool("ok", 5)], deadline_s=0.010, now_s=0
-    )
-    assert (plan.primary, plan.fallbacks) == ("ok", ())
-    with pytest.raises(DeadlineExceededError, match=r"within 2\.0 ms: slow predicts 50\.0 ms"):
-        RoutingPolicy().choose("mlp", None, [pool("slow", 50)], deadline_s=0.002, now_s=0)
+def test_a_deadline_already_past_says_so() -> None:
+    with pytest.raises(DeadlineExceededError, match=r"deadline passed 2\.0 ms before routing"):
+        choose(RoutingPolicy(), [pool("a")], deadline_ms=-2)
 
 
-def test_unknown_and_down_models_are_told_apart() -> None:
+def test_unknown_down_and_misrouted_models_are_told_apart() -> None:
+    policy = RoutingPolicy()
     with pytest.raises(ModelNotFoundError, match="no pool serves a model named 'cnn'"):
-        RoutingPolicy().choose("cnn", None, [pool("a")], deadline_s=None, now_s=0)
-    with pytest.raises(ModelNotReadyError, match="every pool serving it is down"):
-        RoutingPolicy().choose("mlp", None, [pool("a", healthy=False)], deadline_s=None, now_s=0)
+        policy.choose("cnn", None, [pool("a")], deadline_s=None, now_s=T0)
+    with pytest.raises(ModelNotReadyError, match=r"no pool that serves it is up \(a is unhealthy"):
+        choose(policy, [pool("a", healthy=False)])
+    with pytest.raises(ModelNotFoundError, match="its route names x, y"):
+        choose(policy, [pool("a")], Route("mlp", ("x", "y")))
+
+
+def test_a_routed_pool_that_is_down_and_reports_nothing_is_not_ready_not_unknown() -> None:
+    lost = pool("a", healthy=False, serves=frozenset())
+    with pytest.raises(ModelNotReadyError, match="a is unhealthy"):
+        choose(RoutingPolicy(), [lost], Route("mlp", ("a",)))
+
+
+def test_a_route_restricts_pools_and_its_order_breaks_ties() -> None:
+    pools = [pool("a", 2), pool("b", 2), pool("c", 1)]
+    assert choose(RoutingPolicy(), pools, Route("mlp", ("b", "a"))) == RoutingPlan("b", ("a",))
+
+
+# ------------------------------------------------------------------ weights
 
 
 def test_a_canary_split_follows_its_weights_within_two_percent() -> None:
     policy = RoutingPolicy(rng_seed=7)
-    route = parse_route("mlp=stable:0.9,canary:0.1")
-    pools = [pool("stable"), pool("canary")]
-    picks = [
-        policy.choose("mlp", route, pools, deadline_s=None, now_s=0).primary for _ in range(5000)
+    route = Route("mlp", ("local", "edge-plant7"), {"local": 0.9, "edge-plant7": 0.1})
+    pools = [pool("local", 1), pool("edge-plant7", 4)]
+    picks = Counter(choose(policy, pools, route).primary for _ in range(5000))
+    assert abs(picks["edge-plant7"] / 5000 - 0.1) <= 0.02
+    assert abs(picks["local"] / 5000 - 0.9) <= 0.02
+
+
+def test_a_version_canary_splits_targets_on_one_pool() -> None:
+    policy = RoutingPolicy(rng_seed=3)
+    route = Route("mlp", weights={"local@1": 3, "local@2": 1})
+    picks = Counter(choose(policy, [pool("local")], route).primary for _ in range(5000))
+    assert abs(picks["local@2"] / 5000 - 0.25) <= 0.02
+    plan = choose(policy, [pool("local")], route)
+    assert set(plan.fallbacks) == {"local@1", "local@2", "local"} - {plan.primary}
+    assert split_target("local@2") == ("local", "2")
+
+
+def test_the_same_seed_makes_the_same_decisions() -> None:
+    route = Route("mlp", ("a", "b"), {"a": 1, "b": 1})
+    runs = [
+        [choose(policy, [pool("a"), pool("b")], route).primary for _ in range(50)]
+        for policy in (RoutingPolicy(rng_seed=11), RoutingPolicy(rng_seed=11))
     ]
-    assert abs(picks.count("canary") / 5000 - 0.1) <= 0.02
+    assert runs[0] == runs[1]
 
 
-def test_site_affinity_goes_local_first_and_falls_back() -> None:
+def test_unweighted_targets_only_take_over_when_no_weighted_one_fits() -> None:
+    route = Route("mlp", ("a", "b", "spare"), {"a": 1, "b": 1})
+    pools = [pool("a", 5), pool("b", 5), pool("spare", 1)]
+    policy = RoutingPolicy(rng_seed=1)
+    assert {choose(policy, pools, route).primary for _ in range(100)} == {"a", "b"}
+    assert choose(policy, pools, route, deadline_ms=2).primary == "spare"
+
+
+# ------------------------------------------------------------------ affinity
+
+
+def test_a_site_tagged_request_goes_to_that_sites_pool_first_and_falls_back() -> None:
+    route = Route("mlp", affinity_label="site")
     pools = [pool("cloud", 1), pool("plant7", 3, site="plant-7")]
-    policy = RoutingPolicy()
-    assert policy.choose("mlp", None, pools, deadline_s=None, now_s=0, site="plant-7").primary == (
-        "plant7"
-    )
+    plan = choose(RoutingPolicy(), pools, route, site="plant-7")
+    assert plan == RoutingPlan("plant7", ("cloud",))
     down = [pools[0], pool("plant7", 3, site="plant-7", healthy=False)]
-    assert policy.choose("mlp", None, down, deadline_s=None, now_s=0, site="plant-7").primary == (
-        "cloud"
-    )
+    assert choose(RoutingPolicy(), down, route, site="plant-7").primary == "cloud"
+
+
+def test_affinity_yields_to_the_deadline_and_needs_the_route_to_ask() -> None:
+    pools = [pool("cloud", 1), pool("plant7", 30, site="plant-7")]
+    route = Route("mlp", affinity_label="site")
+    assert choose(RoutingPolicy(), pools, route, site="plant-7", deadline_ms=10).primary == "cloud"
+    assert choose(RoutingPolicy(), pools, None, site="plant-7").primary == "cloud"
+
+
+def test_affinity_comes_before_weights() -> None:
+    route = Route("mlp", weights={"cloud": 1}, affinity_label="site")
+    pools = [pool("cloud", 1), pool("plant7", 3, site="plant-7")]
+    policy = RoutingPolicy(rng_seed=5)
+    assert {choose(policy, pools, route, site="plant-7").primary for _ in range(50)} == {"plant7"}
+
+
+# ------------------------------------------------------------------ failover, streams, versions
+
+
+def test_failovers_exclude_the_primary_and_pools_that_are_down_or_ejected() -> None:
+    policy = RoutingPolicy(eject_after_failures=1)
+    fail(policy, "ejected", T0)
+    pools = [pool("a", 1), pool("b", 2), pool("sick", 1, healthy=False), pool("ejected", 1)]
+    assert choose(policy, pools) == RoutingPlan("a", ("b",))
+
+
+def test_other_pools_fail_over_before_other_versions_on_the_primarys_pool() -> None:
+    route = Route("mlp", ("a@2", "a@1", "b"), {"a@2": 1})
+    plan = choose(RoutingPolicy(), [pool("a", 1), pool("b", 5)], route)
+    assert plan == RoutingPlan("a@2", ("b", "a@1"))
 
 
 def test_streams_get_no_failover_and_no_hedge() -> None:
-    route = parse_route("mlp=a,b;hedge")
     policy = RoutingPolicy()
-    policy.record("a", ok=True, latency_s=0.002, now_s=0, retryable=False)
-    plan = policy.choose(
-        "mlp", route, [pool("a"), pool("b", 2)], deadline_s=None, now_s=0, stream=True
-    )
-    assert (plan.fallbacks, plan.hedge_after_s) == ((), None)
-    plan = policy.choose("mlp", route, [pool("a"), pool("b", 2)], deadline_s=None, now_s=0)
-    assert plan.hedge_after_s == 0.002
+    policy.record("a", ok=True, latency_s=0.002, now_s=T0, retryable=False)
+    route = Route("mlp", ("a", "b"), hedge=True)
+    pools = [pool("a", 1), pool("b", 2)]
+    assert choose(policy, pools, route, stream=True) == RoutingPlan("a")
+    assert choose(policy, pools, route) == RoutingPlan("a", ("b",), hedge_after_s=0.002)
 
 
-def test_failing_pools_are_ejected_then_readmitted_after_a_good_trial() -> None:
+def test_a_pinned_version_skips_targets_pinned_to_other_versions() -> None:
+    route = Route("mlp", ("a@1", "a@2", "b"))
+    pools = [pool("a", 1), pool("b", 5)]
+    assert choose(RoutingPolicy(), pools, route, version="2") == RoutingPlan("a@2", ("b",))
+    with pytest.raises(ModelNotFoundError, match="version '3' is not routed"):
+        choose(RoutingPolicy(), pools, Route("mlp", ("a@1", "a@2")), version="3")
+
+
+# ------------------------------------------------------------------ ejection
+
+
+def test_consecutive_retryable_failures_eject_for_a_while() -> None:
+    policy = RoutingPolicy(eject_after_failures=3, eject_for_s=5)
+    fail(policy, "a", T0, times=2)
+    policy.record("a", ok=True, latency_s=0.001, now_s=T0, retryable=False)
+    fail(policy, "a", T0, times=2)
+    assert policy.ejected(T0) == frozenset()  # a success broke the run
+    fail(policy, "a", T0)
+    assert policy.ejected(T0 + 4.9) == {"a"}
+    assert choose(policy, [pool("a", 1), pool("b", 5)], now_s=T0 + 1).primary == "b"
+    with pytest.raises(ModelNotReadyError, match=r"a ejected for 4\.0 s more"):
+        choose(policy, [pool("a")], now_s=T0 + 1)
+
+
+def test_caller_faults_neither_count_nor_eject() -> None:
+    policy = RoutingPolicy(eject_after_failures=1)
+    policy.record("a", ok=False, latency_s=0.001, now_s=T0, retryable=False)
+    assert policy.ejected(T0) == frozenset()
+
+
+def test_after_the_ejection_one_trial_decides_and_a_failed_trial_ejects_again() -> None:
     policy = RoutingPolicy(eject_after_failures=3, eject_for_s=5)
     pools = [pool("a", 1), pool("b", 5)]
-    for _ in range(3):
-        policy.record("a", ok=False, latency_s=0.001, now_s=10, retryable=True)
-    assert policy.ejected(11) == {"a"}
-    assert policy.choose("mlp", None, pools, deadline_s=None, now_s=11).primary == "b"
-    assert policy.choose("mlp", None, pools, deadline_s=None, now_s=16).primary == "a"  # trial
-    policy.record("a", ok=False, latency_s=0.001, now_s=16, retryable=True)
-    assert policy.ejected(17) == {"a"}  # a failed trial ejects again at once
-    assert policy.choose("mlp", None, pools, deadline_s=None, now_s=22).primary == "a"
-    policy.record("a", ok=True, latency_s=0.001, now_s=22, retryable=False)
-    assert policy.ejected(23) == frozenset()
+    fail(policy, "a", T0, times=3)
+    late = T0 + 5
+    assert policy.ejected(late) == frozenset()
+    assert choose(policy, pools, now_s=late).primary == "a"  # the trial
+    assert choose(policy, pools, now_s=late) == RoutingPlan("b")  # one trial at a time
+    fail(policy, "a", late)
+    assert policy.ejected(late + 4.9) == {"a"}
+    assert choose(policy, pools, now_s=late + 5).primary == "a"  # the next trial
+    policy.record("a", ok=True, latency_s=0.001, now_s=late + 5, retryable=False)
+    assert choose(policy, pools, now_s=late + 5) == RoutingPlan("a", ("b",))
+    fail(policy, "a", late + 5, times=2)
+    assert policy.ejected(late + 5) == frozenset()  # fully re-admitted: needs 3 again
 
 
-def test_caller_faults_do_not_eject() -> None:
+def test_a_trial_that_never_reports_back_expires() -> None:
+    policy = RoutingPolicy(eject_after_failures=1, eject_for_s=5, trial_timeout_s=2)
+    pools = [pool("a", 1), pool("b", 5)]
+    fail(policy, "a", T0)
+    assert choose(policy, pools, now_s=T0 + 5).primary == "a"
+    assert choose(policy, pools, now_s=T0 + 6.9).primary == "b"
+    assert choose(policy, pools, now_s=T0 + 7).primary == "a"
+
+
+def test_late_outcomes_during_an_ejection_change_nothing() -> None:
+    policy = RoutingPolicy(eject_after_failures=1, eject_for_s=5)
+    fail(policy, "a", T0)
+    policy.record("a", ok=True, latency_s=0.001, now_s=T0 + 1, retryable=False)
+    fail(policy, "a", T0 + 4)
+    assert policy.ejected(T0 + 4.9) == {"a"}
+    assert policy.ejected(T0 + 5) == frozenset()
+
+
+def test_an_ejected_pool_takes_its_versioned_targets_with_it() -> None:
     policy = RoutingPolicy(eject_after_failures=1)
-    policy.record("a", ok=False, latency_s=0.001, now_s=0, retryable=False)
-    assert policy.ejected(1) == frozenset()
+    fail(policy, "a", T0)
+    plan = choose(policy, [pool("a", 1), pool("b", 5)], Route("mlp", ("a@2", "b")))
+    assert plan == RoutingPlan("b")
+
+
+# ------------------------------------------------------------------ shadow and hedge
 
 
 def test_a_shadow_is_never_primary_nor_a_failover() -> None:
-    route = parse_route("mlp=a,b;shadow=b")
-    plan = RoutingPolicy().choose(
-        "mlp", route, [pool("a", 9), pool("b", 1)], deadline_s=None, now_s=0
-    )
-    assert (plan.primary, plan.fallbacks, plan.shadow) == ("a", (), "b")
+    pools = [pool("a", 9), pool("b", 5), pool("candidate", 1)]
+    plan = choose(RoutingPolicy(), pools, Route("mlp", shadow="candidate"))
+    assert plan == RoutingPlan("b", ("a",), shadow="candidate")
+    version_shadow = choose(RoutingPolicy(), [pool("a")], Route("mlp", ("a",), shadow="a@3"))
+    assert version_shadow == RoutingPlan("a", shadow="a@3")
+
+
+def test_a_shadow_that_is_down_gets_no_copy() -> None:
+    policy = RoutingPolicy(eject_after_failures=1)
+    route = Route("mlp", ("a",), shadow="s")
+    assert choose(policy, [pool("a"), pool("s", healthy=False)], route).shadow is None
+    assert choose(policy, [pool("a"), pool("s", serves=frozenset())], route).shadow is None
+    fail(policy, "s", T0)
+    assert choose(policy, [pool("a"), pool("s")], route).shadow is None
+
+
+def test_hedge_after_is_the_primarys_p95_of_recorded_latencies() -> None:
+    policy = RoutingPolicy()
+    for ms in range(100, 0, -1):
+        policy.record("a", ok=True, latency_s=ms * MS, now_s=T0, retryable=False)
+    assert policy.latency_quantile("a") == pytest.approx(0.095)
+    plan = choose(policy, [pool("a", 1), pool("b", 2)], Route("mlp", hedge=True))
+    assert plan.hedge_after_s == pytest.approx(0.095)
+
+
+def test_no_hedge_without_samples_a_second_pool_or_time_for_it() -> None:
+    policy = RoutingPolicy()
+    route = Route("mlp", hedge=True)
+    assert choose(policy, [pool("a"), pool("b")], route).hedge_after_s is None
+    policy.record("a", ok=True, latency_s=0.004, now_s=T0, retryable=False)
+    assert choose(policy, [pool("a")], route).hedge_after_s is None
+    # 4 ms p95 + b's predicted 2 ms do not fit in 5 ms; in 6.5 ms they do.
+    assert choose(policy, [pool("a"), pool("b", 2)], route, deadline_ms=5).hedge_after_s is None
+    assert choose(policy, [pool("a"), pool("b", 2)], route, deadline_ms=6.5).hedge_after_s == 0.004
+
+
+def test_the_latency_window_forgets_old_samples() -> None:
+    policy = RoutingPolicy(latency_window=4, hedge_quantile=1.0)
+    for latency in (0.5, 0.001, 0.002, 0.003, 0.004):
+        policy.record("a", ok=True, latency_s=latency, now_s=T0, retryable=False)
+    assert policy.latency_quantile("a") == 0.004
+    assert policy.latency_quantile("never") is None
+
+
+# ------------------------------------------------------------------ misuse
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("kw", "message"),
     [
-        ("mlp", "expected MODEL=POOL"),
-        ("mlp=a:x", "weight 'x' is not a number"),
-        ("mlp=a:-1", "is negative"),
-        ("mlp=a;colour=blue", "unknown option"),
+        ({"eject_after_failures": 0}, "eject_after_failures must be >= 1"),
+        ({"eject_for_s": 0}, "must be positive"),
+        ({"hedge_quantile": 0}, r"hedge_quantile must be in \(0, 1\]"),
+        ({"latency_window": 0}, "latency_window must be >= 1"),
     ],
 )
-def test_bad_routes_are_refused_clearly(text: str, message: str) -> None:
+def test_bad_policy_settings_are_refused(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_route(text)
+        RoutingPolicy(**kw)
 
 
-def test_a_route_table_has_one_entry_per_model() -> None:
-    routes = parse_routes(["mlp=local:0.9,edge:0.1;shadow=triton;affinity=site", "cnn=local"])
-    assert routes["mlp"].weights == {"local": 0.9, "edge": 0.1}
-    assert (routes["mlp"].shadow, routes["mlp"].affinity_label) == ("triton", "site")
-    with pytest.raises(ValueError, match="given twice"):
-        parse_routes(["mlp=a", "mlp=b"])
+def test_bad_snapshots_and_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="capacity must be at least 1, got 0"):
+        pool("a", capacity=0)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        pool("a", in_flight=-1)
+    with pytest.raises(ValueError, match="a pool is reported twice"):
+        choose(RoutingPolicy(), [pool("a"), pool("a")])
+    with pytest.raises(ValueError, match="latency_s cannot be negative"):
+        RoutingPolicy().record("a", ok=True, latency_s=-1, now_s=T0, retryable=False)
+
+
+# ------------------------------------------------------------------ properties
+
+snapshots = st.lists(
+    st.builds(
+        lambda i, ms, healthy, in_flight, serves, site: pool(
+            f"p{i}", ms, healthy=healthy, in_flight=in_flight, serves=serves, site=site
+        ),
+        st.integers(0, 5),
+        st.none() | st.floats(0.1, 50),
+        st.booleans(),
+        st.integers(0, 10),
+        st.sampled_from([frozenset({"mlp"}), frozenset({"mlp", "cnn"}), frozenset({"cnn"})]),
+        st.sampled_from(["", "plant-7"]),
+    ),
+    max_size=6,
+    unique_by=lambda p: p.name,
+)
+
+
+cases = st.fixed_dictionaries(
+    {
+        "pools": snapshots,
+        "deadline_ms": st.none() | st.floats(-1, 60),
+        "weighted": st.booleans(),
+        "shadow": st.none() | st.sampled_from(["p0", "p1"]),
+        "stream": st.booleans(),
+        "site": st.sampled_from(["", "plant-7"]),
+        "seed": st.integers(0, 100),
+    }
+)
+
+
+@given(case=cases)
+def test_every_plan_names_distinct_fitting_pools_and_keeps_the_shadow_out(
+    case: dict[str, Any],
+) -> None:
+    pools: list[PoolSnapshot] = case["pools"]
+    deadline_ms, shadow, site = case["deadline_ms"], case["shadow"], case["site"]
+    weights = {p.name: 1.0 + i for i, p in enumerate(pools) if p.name != shadow}
+    route = Route(
+        "mlp",
+        weights=weights if case["weighted"] and weights else {},
+        shadow=shadow,
+        affinity_label="site",
+        hedge=True,
+    )
+    policy = RoutingPolicy(rng_seed=case["seed"])
+    policy.record("p2", ok=True, latency_s=0.001, now_s=0.0, retryable=False)
+    try:
+        plan = choose(
+            policy,
+            pools,
+            route,
+            deadline_ms=deadline_ms,
+            now_s=0.0,
+            stream=case["stream"],
+            site=site,
+        )
+    except (ModelNotFoundError, ModelNotReadyError, DeadlineExceededError):
+        return
+    named = (plan.primary, *plan.fallbacks)
+    assert len(set(named)) == len(named)
+    assert shadow not in named
+    by_name = {p.name: p for p in pools}
+    for target in named:
+        assert by_name[target].healthy
+        assert "mlp" in by_name[target].serves
+        if deadline_ms is not None:
+            assert by_name[target].predicted_s(0.005) <= deadline_ms * MS
+    if case["stream"]:
+        assert (plan.fallbacks, plan.hedge_after_s) == ((), None)
+    if not route.weights and not site:
+        predictions = [by_name[t].predicted_s(0.005) for t in named]
+        assert predictions == sorted(predictions)
