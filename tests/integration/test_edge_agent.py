@@ -34,18 +34,13 @@ from edgefabric.mosquitto import PrivateBroker
 from edgefabric.mqtt import Message, MqttClient
 from edgefabric.samples import mlp_model, noisy_mlp_model
 from edgefabric.wire.v1.fleet_pb2 import DesiredState, DeviceStatus, Event, Health, ModelRef
+from tests.cli import run_edgefabric
 from tests.mqtt_broker import ConnectMqtt
 
 pytestmark = pytest.mark.integration
 
 DEVICE = "dev-1"
 TIMEOUT_S = 30.0
-
-
-def _edgefabric(home: Path, *args: str) -> str:
-    env = {**os.environ, "EDGEFABRIC_HOME": str(home)}
-    command = [sys.executable, "-m", "edgefabric.cli", *args]
-    return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +50,11 @@ def store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = root / "home"
     golden = root / "golden.npz"
     np.savez(golden, x=np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 16))
-    _edgefabric(home, "keys", "init")
+    run_edgefabric(home, "keys", "init")
     for version, model in ((1, mlp_model()), (2, mlp_model(hidden=48)), (3, noisy_mlp_model())):
         path = root / f"mlp{version}.onnx"
         path.write_bytes(model.SerializeToString())
-        _edgefabric(home, "model", "push", str(path), "--name", "mlp", "--golden", str(golden))
+        run_edgefabric(home, "model", "push", str(path), "--name", "mlp", "--golden", str(golden))
     return home
 
 
@@ -133,7 +128,7 @@ class Fabric:
     def desire(self, *models: tuple[str, int]) -> None:
         """Publish signed desired state the way ops do: ``edgefabric fleet assign``."""
         args = ["fleet", "assign", DEVICE, *[f"{n}:{v}" for n, v in models]]
-        _edgefabric(self.home, *args, "--broker", self.broker.url)
+        run_edgefabric(self.home, *args, "--broker", self.broker.url)
 
     def wait_for(self, kind: int, *, version: int | None = None) -> list[Event]:
         """Events up to and including the first of ``kind`` (for ``version``, if given)."""
@@ -351,7 +346,7 @@ def test_a_version_the_agent_keeps_crashing_on_is_rolled_back(fabric: Fabric) ->
 def test_an_agent_killed_mid_download_resumes_from_disk(fabric: Fabric, tmp_path: Path) -> None:
     big = tmp_path / "big.onnx"
     big.write_bytes(mlp_model(features=2048, hidden=4096).SerializeToString())  # 32 MiB
-    _edgefabric(fabric.home, "model", "push", str(big), "--name", "big")
+    run_edgefabric(fabric.home, "model", "push", str(big), "--name", "big")
     fabric.stop_store()
     fabric.serve_store(chunk_size=64 * 1024)  # 512 round trips: time to kill it mid-way
     command = [

@@ -28,18 +28,13 @@ from edgefabric.samples import mlp_model, noisy_mlp_model
 from model_store.home import StoreHome
 from model_store.serve import StoreServer, StoreServerOptions
 from model_store.store import ModelStore
+from tests.cli import run_edgefabric
 from tests.mqtt_broker import ConnectMqtt
 
 pytestmark = pytest.mark.integration
 
 DEVICES = ("cam-a", "cam-b", "cam-c")
 TIMEOUT_S = 60.0
-
-
-def _edgefabric(home: Path, *args: str) -> str:
-    env = {**os.environ, "EDGEFABRIC_HOME": str(home)}
-    command = [sys.executable, "-m", "edgefabric.cli", *args]
-    return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +44,11 @@ def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = root / "home"
     golden = root / "golden.npz"
     np.savez(golden, x=np.ones((2, 16), np.float32))
-    _edgefabric(home, "keys", "init")
+    run_edgefabric(home, "keys", "init")
     for version, model in ((1, mlp_model()), (2, mlp_model(hidden=48)), (3, noisy_mlp_model())):
         path = root / f"mlp{version}.onnx"
         path.write_bytes(model.SerializeToString())
-        _edgefabric(home, "model", "push", str(path), "--name", "mlp", "--golden", str(golden))
+        run_edgefabric(home, "model", "push", str(path), "--name", "mlp", "--golden", str(golden))
     return home
 
 
@@ -115,7 +110,7 @@ class Fleet:
         self.server.fleet.flush()  # the CLI reads the device table
 
     def rollout(self, *args: str) -> str:
-        out = _edgefabric(self.home, "rollout", "start", *args)
+        out = run_edgefabric(self.home, "rollout", "start", *args)
         return out.split()[1].rstrip(":")
 
     def wait_phase(self, rollout_id: str, *phases: str) -> dict[str, Any]:
@@ -147,7 +142,7 @@ def fleet(
         running.start_agent(device)
     running.wait_for_devices(len(DEVICES))
     for device in DEVICES:
-        _edgefabric(home, "fleet", "assign", device, "mlp:1", "--broker", mqtt_broker.url)
+        run_edgefabric(home, "fleet", "assign", device, "mlp:1", "--broker", mqtt_broker.url)
     assert running.server is not None
     on_v1 = lambda views: all(v.active.get("mlp") == 1 for v in views.values())  # noqa: E731
     assert running.server.fleet.wait_for(on_v1, TIMEOUT_S)
@@ -164,7 +159,7 @@ def test_a_staged_rollout_reaches_every_device(fleet: Fleet) -> None:
     assert summary["phase"] == "COMPLETED", summary
     assert summary["devices"].get("INSTALLED") == len(DEVICES)
     assert {fleet.served_version(d) for d in DEVICES} == {"2"}
-    status = _edgefabric(fleet.home, "rollout", "status", rollout_id)
+    status = run_edgefabric(fleet.home, "rollout", "status", rollout_id)
     assert "COMPLETED" in status
     assert "stage 3 (100%) [" in status
 
@@ -174,7 +169,7 @@ def test_a_model_failing_its_self_test_rolls_the_fleet_back(fleet: Fleet) -> Non
     summary = fleet.wait_phase(rollout_id, "ROLLED_BACK", "COMPLETED")
     assert summary["phase"] == "ROLLED_BACK", summary
     assert {fleet.served_version(d) for d in DEVICES} == {"1"}
-    assert "ROLLED_BACK" in _edgefabric(fleet.home, "rollout", "list")
+    assert "ROLLED_BACK" in run_edgefabric(fleet.home, "rollout", "list")
 
 
 def test_overlapping_rollouts_of_one_model_are_refused(fleet: Fleet) -> None:
@@ -201,10 +196,10 @@ def test_the_controller_resumes_a_rollout_after_a_restart(fleet: Fleet) -> None:
 def test_operators_can_pause_and_roll_back(fleet: Fleet) -> None:
     rollout_id = fleet.rollout("mlp:2", "--stages", "34%,100%", "--bake", "10m")
     fleet.wait_phase(rollout_id, "BAKING")
-    assert "PAUSED" in _edgefabric(fleet.home, "rollout", "pause", rollout_id)
+    assert "PAUSED" in run_edgefabric(fleet.home, "rollout", "pause", rollout_id)
     fleet.wait_phase(rollout_id, "PAUSED")
-    _edgefabric(fleet.home, "rollout", "resume", rollout_id)
-    _edgefabric(fleet.home, "rollout", "rollback", rollout_id)
+    run_edgefabric(fleet.home, "rollout", "resume", rollout_id)
+    run_edgefabric(fleet.home, "rollout", "rollback", rollout_id)
     fleet.wait_phase(rollout_id, "ROLLED_BACK")
     assert {fleet.served_version(d) for d in DEVICES} == {"1"}
 

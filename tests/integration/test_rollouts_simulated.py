@@ -26,6 +26,7 @@ from model_store.serve import StoreServer, StoreServerOptions
 from model_store.sim_device import Behaviour
 from model_store.simulate import FleetSimulator, SimulationSettings
 from model_store.store import ModelStore
+from tests.cli import run_edgefabric
 from tests.mqtt_broker import ConnectMqtt
 
 pytestmark = pytest.mark.integration
@@ -34,21 +35,15 @@ DEVICES = 20
 TIMEOUT_S = 60.0
 
 
-def _edgefabric(home: Path, *args: str) -> str:
-    env = {**os.environ, "EDGEFABRIC_HOME": str(home)}
-    command = [sys.executable, "-m", "edgefabric.cli", *args]
-    return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sim-store")
     home = root / "home"
-    _edgefabric(home, "keys", "init")
+    run_edgefabric(home, "keys", "init")
     for version, hidden in ((1, 32), (2, 48)):
         path = root / f"mlp{version}.onnx"
         path.write_bytes(mlp_model(hidden=hidden).SerializeToString())
-        _edgefabric(home, "model", "push", str(path), "--name", "mlp")
+        run_edgefabric(home, "model", "push", str(path), "--name", "mlp")
     return home
 
 
@@ -121,7 +116,7 @@ def sim(
 def test_an_error_rate_regression_rolls_the_fleet_back(sim: SimFleet) -> None:
     store = sim.serve()
     try:
-        out = _edgefabric(
+        out = run_edgefabric(
             sim.home, "rollout", "start", "mlp:2", "--stages", "25%,100%", "--bake", "2s",
             "--gate", "error_rate<0.05",
         )  # fmt: skip
@@ -129,14 +124,14 @@ def test_an_error_rate_regression_rolls_the_fleet_back(sim: SimFleet) -> None:
         summary = sim.wait_phase(rollout_id, "ROLLED_BACK", "COMPLETED")
         assert summary["phase"] == "ROLLED_BACK", summary
         assert summary["stage"] == 1  # stopped in the first stage: 5 of 20 devices touched
-        assert "error rate" in _edgefabric(sim.home, "rollout", "status", rollout_id)
+        assert "error rate" in run_edgefabric(sim.home, "rollout", "status", rollout_id)
     finally:
         _stop(store)
 
 
 def test_a_controller_killed_mid_stage_finishes_the_rollout_after_restart(sim: SimFleet) -> None:
     store = sim.serve()
-    out = _edgefabric(
+    out = run_edgefabric(
         sim.home, "rollout", "start", "mlp:2", "--selector", "site=plant-0",
         "--stages", "50%,100%", "--bake", "1s", "--no-canary",
     )  # fmt: skip

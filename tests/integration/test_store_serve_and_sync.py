@@ -25,16 +25,12 @@ from edgefabric.mosquitto import PrivateBroker
 from edgefabric.mqtt import MqttClient
 from edgefabric.repo_client import RepoClient
 from edgefabric.samples import mlp_model
+from tests.cli import run_edgefabric
 from tests.mqtt_broker import ConnectMqtt
 
 pytestmark = pytest.mark.integration
 
 CHUNK = 64 * 1024
-
-
-def _edgefabric(*args: str, home: Path) -> None:
-    env = {**os.environ, "EDGEFABRIC_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "edgefabric.cli", *args], env=env, check=True)
 
 
 @dataclass
@@ -76,10 +72,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
     model = mlp_model(features=256, hidden=1024).SerializeToString()
     (tmp_path / "mlp.onnx").write_bytes(model)
     np.savez(tmp_path / "golden.npz", x=np.ones((2, 256), np.float32))
-    _edgefabric("keys", "init", home=home)
-    _edgefabric(
-        "model", "push", str(tmp_path / "mlp.onnx"), "--name", "mlp",
-        "--golden", str(tmp_path / "golden.npz"), home=home,
+    run_edgefabric(home, "keys", "init")
+    run_edgefabric(
+        home, "model", "push", str(tmp_path / "mlp.onnx"), "--name", "mlp",
+        "--golden", str(tmp_path / "golden.npz"),
     )  # fmt: skip
     running = Store(home, model)
     yield running
@@ -176,7 +172,7 @@ def test_tampered_model_bytes_are_refused_and_nothing_is_kept(device: Device, st
 
 def test_metadata_from_a_foreign_store_is_refused(device: Device, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    _edgefabric("keys", "init", home=other)
+    run_edgefabric(other, "keys", "init")
     device.trust_root = (other / "tuf" / "metadata" / "root.json").read_bytes()
     with pytest.raises(IntegrityError, match="refused the store's metadata"):
         device.sync().fetch("mlp", 1)
