@@ -92,7 +92,7 @@ class Router:
         """Routed: the model has a route, or only a remote pool serves it."""
         if model in self._routes:
             return True
-        if model in self._local_models():
+        if self._data.model_ready(model):
             return False
         return any(model in pool.models() for pool in self._pools.values())
 
@@ -184,7 +184,7 @@ class Router:
 
     async def metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
         """Metadata from where the model lives (local first)."""
-        if name in self._local_models():
+        if self._data.model_ready(name):
             served, chosen = self._data.resolve(name, version)
             versions = [chosen.version] if version else list(served.versions)
             return converters.metadata_to_proto(served.signature, versions, served.config.platform)
@@ -192,7 +192,7 @@ class Router:
 
     async def config(self, name: str, version: str) -> mc.ModelConfig:
         """Config from where the model lives (local first)."""
-        if name in self._local_models():
+        if self._data.model_ready(name):
             return self._data.model_config(name, version)
         return await self._remote(name).config(name, version)
 
