@@ -178,7 +178,9 @@ def test_reconnects_and_resubscribes_after_broker_restart(
     assert changes.get(timeout=WAIT_S) is False
     assert changes.get(timeout=WAIT_S) is True
     assert publisher.wait_connected(WAIT_S)
-    publisher.publish("test/after-restart", b"still here", wait=True)
+    # Retained: the re-subscription may reach the broker after this publish; either way only
+    # a restored subscription delivers it.
+    publisher.publish("test/after-restart", b"still here", retain=True, wait=True)
     assert received.get(timeout=WAIT_S).payload == b"still here"
 
 
