@@ -8,7 +8,7 @@ ORT_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo c
 # The project's .proto files; their generated modules are committed next to the Python code.
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: venv broker test check fmt lint types demo bench proto proto-check clean
+.PHONY: venv broker browser triton-peer test check fmt lint types demo bench proto proto-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,20 @@ broker:
 		$$sudo apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q mosquitto; }
 
-test: venv broker
+# The dashboard's browser test drives Debian's headless Chromium through its chromedriver.
+browser:
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
+		echo "installing chromium and chromium-driver, the browser the dashboard test drives"; \
+		sudo=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+		$$sudo apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium chromium-driver; }
+
+# A real Triton (the nvidia-pytriton wheel's tritonserver) that the routing tests start as a
+# remote pool, in bench/.peers/triton-venv; a venv already set up is left alone.
+triton-peer: venv
+	PYTHON=$(PYTHON) bash bench/peers/setup.sh triton
+
+test: venv broker browser triton-peer
 	$(PY) -m pytest -q
 
 fmt: venv

@@ -4,8 +4,10 @@
    ``edgefabric gateway serve`` on a free loopback port, calls it with the real ``tritonclient``
    (metadata, inference, BYTES, output subsets, streaming, statistics, a bad request) and stops
    it with SIGTERM.
-2. The fleet (``deploy/fleet_demo.py``): a signed model store, a private mosquitto, two edge
-   agents that fetch, verify, self-test and serve the model, and a staged upgrade of one of them.
+2. The fabric (``deploy/fabric_demo.py``, what ``edgefabric up`` runs): a signed model store,
+   a private mosquitto, the rollout controller, edge agents that fetch, verify, self-test and
+   serve the model, a gateway routing to its own session and to the agents over MQTT, two
+   staged rollouts and requests through the gateway after each.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from deploy.fleet_demo import run_fleet_demo
+from deploy.fabric_demo import run_fabric_demo
 from edgefabric.samples import write_sample_repository
 
 
@@ -97,8 +99,11 @@ def main() -> int:
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=30)
             print(f"[demo] gateway drained and exited with code {code}")
-        run_fleet_demo(Path(tmp) / "fleet")
-        print("[demo] fleet stopped cleanly")
+        codes = run_fabric_demo(Path(tmp) / "fabric")
+        if any(codes.values()):
+            print(f"[demo] a process exited uncleanly: {codes}")
+            return 1
+        print("[demo] fabric stopped cleanly")
     return code
 
 

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.fetcher import MqttFetcher
 from edge_agent.health import LatencyWindow, ProcessSampler, build_health
 from edge_agent.outbox import Outbox
+from edge_agent.relay import InferRelay
 from edge_agent.serving import DeviceServer, ServingOptions
 from edge_agent.settings import AgentSettings
 from edge_agent.slots import ModelSlots, SlotState
@@ -46,8 +47,11 @@ from edgefabric.errors import (
     TransportError,
 )
 from edgefabric.files import write_atomic
-from edgefabric.mqtt import BrokerAddress, Message, MqttClient, Will
+from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttTls, Will
 from edgefabric.repo_client import RepoClient
+from edgefabric.telemetry import tracing
+from edgefabric.telemetry.agent import AgentMetrics
+from edgefabric.telemetry.endpoint import MetricsEndpoint
 from edgefabric.wire.v1.fleet_pb2 import DesiredState, DeviceStatus, Event
 
 __all__ = ["AGENT_VERSION", "EdgeAgent"]
@@ -80,14 +84,32 @@ class EdgeAgent:
         self.latency = LatencyWindow()
         self.server = DeviceServer(
             data / "serving",
-            ServingOptions(address=settings.grpc_address, port=settings.grpc_port),
+            ServingOptions(
+                address=settings.grpc_address,
+                port=settings.grpc_port,
+                listen=settings.grpc_listen,
+                tls=settings.server_tls(),
+                insecure=settings.insecure,
+            ),
             observer=lambda model, version, seconds, code: self.latency.record(
                 model, version, seconds, code == "OK"
             ),
         )
+        self.relay = (
+            InferRelay(
+                self.server.data, settings.device_id, max_in_flight=settings.relay_max_in_flight
+            )
+            if settings.relay_max_in_flight
+            else None
+        )
         self.outbox = Outbox(data / "outbox.sqlite3", max_items=settings.outbox_max_items)
         self._sampler = ProcessSampler()
         self._address = BrokerAddress.parse(settings.broker)
+        self._tls = (
+            MqttTls(settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key)
+            if self._address.tls
+            else None
+        )
         self._mqtt: MqttClient | None = None
         self._sync: ModelSync | None = None
         self._pending: DesiredState | None = None
@@ -97,6 +119,21 @@ class EdgeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listeners: list[Callable[[Event], None]] = []  # for tests and the status view
+        self.telemetry = AgentMetrics(
+            self.server.data.metrics.registry,
+            slots=lambda: [
+                (s.name, v, state.value)
+                for s in self._slots.values()
+                for v, state in s.versions.items()
+            ],
+            served=self.server.served,
+            connected=lambda: self._mqtt is not None and self._mqtt.connected,
+        )
+        self.listeners.append(
+            lambda e: self.telemetry.on_event(Event.Kind.Name(e.kind), e.model, e.message)
+        )
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self._tracing = False  # this agent turned tracing on (and turns it off at stop)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,6 +150,16 @@ class EdgeAgent:
     async def start(self) -> None:
         """Serve what is on disk, then reach for the broker in the background."""
         self._loop = asyncio.get_running_loop()
+        endpoint = tracing.endpoint_from(self.settings.otlp_endpoint)
+        self._tracing = bool(endpoint) and not tracing.enabled()
+        if self._tracing:
+            tracing.configure("edgefabric-agent", endpoint=endpoint)
+        if self.settings.metrics_port >= 0:
+            self.metrics_endpoint = MetricsEndpoint(
+                self.server.data.metrics.registry,
+                self.settings.metrics_address,
+                self.settings.metrics_port,
+            )
         await self.server.start()
         await self._recover_from_crash()
         await self.server.restore(self._slots)
@@ -131,6 +178,8 @@ class EdgeAgent:
         self._tasks = []
         if self._state.pop("installing", None) is not None:  # a clean stop is not a crash
             self._save_state()
+        if self.relay is not None:
+            await self.relay.stop()
         mqtt, self._mqtt = self._mqtt, None
         if mqtt is not None:
             try:
@@ -140,6 +189,10 @@ class EdgeAgent:
             await asyncio.to_thread(mqtt.close)
         await self.server.stop()
         self.outbox.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+        if self._tracing:
+            tracing.shutdown()
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT."""
@@ -150,7 +203,7 @@ class EdgeAgent:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        endpoint = f"{self.settings.grpc_address}:{self.server.port}"
+        endpoint = self._endpoint() or "the MQTT relay only (no inbound port)"
         print(f"edgefabric agent {self.device_id} serving on {endpoint}", flush=True)
         await stop.wait()
         await self.stop()
@@ -215,15 +268,20 @@ class EdgeAgent:
 
     # ------------------------------------------------------------------ MQTT
 
+    def _endpoint(self) -> str:
+        """host:port of the inbound gRPC server; "" when the device opens no port."""
+        if not self.server.listening:
+            return ""
+        return f"{self.settings.grpc_address}:{self.server.port}"
+
     def _publish_status(self, mqtt: MqttClient, *, online: bool, wait: bool = False) -> None:
-        endpoint = f"{self.settings.grpc_address}:{self.server.port}"
         status = DeviceStatus(
             device_id=self.device_id,
             online=online,
             at_ms=_now_ms(),
             agent_version=AGENT_VERSION,
             labels=self.settings.labels,
-            grpc_endpoint=endpoint,
+            grpc_endpoint=self._endpoint(),
         )
         topic = topics.device_status(self.device_id)
         mqtt.publish(topic, status.SerializeToString(), qos=1, retain=True, wait=wait)
@@ -235,6 +293,7 @@ class EdgeAgent:
             self._address,
             self.device_id,
             will=will,
+            tls=self._tls,
             reconnect_max_delay_s=max(int(self.settings.retry_max_s), 1),
         )
         client.on_connection_change(self._connection_changed)
@@ -261,13 +320,17 @@ class EdgeAgent:
                 delay = min(delay * 2, self.settings.retry_max_s)
         self._mqtt = client
         repo = RepoClient(client, self.device_id, timeout_s=self.settings.repo_timeout_s)
-        fetcher = MqttFetcher(repo, self.settings.data_dir / "partial")
+        fetcher = MqttFetcher(
+            repo, self.settings.data_dir / "partial", on_chunk=self.telemetry.on_chunk
+        )
         self._sync = ModelSync(
             self.settings.data_dir / "metadata",
             self.settings.trust_root.read_bytes(),
             fetcher,
             self.settings.data_dir / "download",
         )
+        if self.relay is not None:  # before the birth status: online means answering
+            await self.relay.attach(client)
         self._publish_status(client, online=True)
         await asyncio.to_thread(
             client.subscribe, topics.device_desired(self.device_id), self._desired_arrived

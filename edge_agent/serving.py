@@ -50,6 +50,7 @@ from edgefabric.models.config import (
 from edgefabric.models.repository import ModelRepository
 from edgefabric.runtime.base import LoadedModel, Runtime, RunTimings
 from edgefabric.runtime.onnx import OnnxRuntime, OrtOptions
+from edgefabric.security.tls import ServerTls
 
 __all__ = ["DeviceServer", "SelfTestError", "ServingOptions"]
 
@@ -65,15 +66,21 @@ class ServingOptions:
     """Where the device's server listens and how it runs models. ``port`` 0 picks a free one.
 
     ``max_concurrent_rpcs``: past this many RPCs in progress gRPC answers RESOURCE_EXHAUSTED
-    itself (``None``: no limit).
+    itself (``None``: no limit). ``listen`` False opens no port at all: the data plane then
+    serves only in-process callers such as the MQTT relay (devices behind NAT).
     """
 
     address: str = "127.0.0.1"
     port: int = 0
+    listen: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int | None = None
     default_max_batch_size: int = 64
     ort: OrtOptions = field(default_factory=OrtOptions)
+    tls: ServerTls | None = None
+    """TLS (mutual TLS with a client CA); ``None``: plaintext, refused off loopback unless
+    ``insecure``."""
+    insecure: bool = False
 
 
 class _ReportingModel:
@@ -197,6 +204,7 @@ class DeviceServer:
             self.repository, ServerInfo(name="edgefabric-agent"), metrics, observer
         )
         self._server: KServeServer | None = None
+        self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: dict[str, ModelSlots] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -205,11 +213,16 @@ class DeviceServer:
 
     async def start(self) -> None:
         """Listen (serving nothing until :meth:`install` or :meth:`restore`)."""
-        if self._server is not None:
+        if self._started:
             raise RuntimeError("the device server is already started")
         self._loop = asyncio.get_running_loop()
         self.serving_dir.mkdir(parents=True, exist_ok=True)
         options = self.options
+        if not options.listen:
+            self._started = True
+            self.data.set_ready(True)
+            log.info("no inbound gRPC port: serving in-process callers (the MQTT relay) only")
+            return
         self._server = await start_server(
             self.data,
             ServerOptions(
@@ -217,22 +230,35 @@ class DeviceServer:
                 port=options.port,
                 max_message_bytes=options.max_message_bytes,
                 max_concurrent_rpcs=options.max_concurrent_rpcs,
+                tls=options.tls,
+                insecure=options.insecure,
             ),
         )
+        self._started = True
+
+    @property
+    def listening(self) -> bool:
+        """Whether an inbound gRPC port is open."""
+        return self._server is not None
 
     @property
     def port(self) -> int:
         """The bound gRPC port."""
         if self._server is None:
-            raise RuntimeError("the device server is not started; call start() first")
+            raise RuntimeError(
+                "the device server has no port: not started, or started with listen=False"
+            )
         return self._server.port
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, let in-flight requests finish for ``grace_s``, release models."""
-        if self._server is None:
+        if not self._started:
             return
-        await self._server.stop(grace_s)
-        self._server = None
+        self._started = False
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+        self.data.set_ready(False)
         self.repository.close()
 
     # -- what is served --------------------------------------------------------------------

@@ -9,19 +9,31 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
+from edgefabric.telemetry.logs import configure_logging
+
 __all__ = ["main"]
 
-_COMMAND_GROUPS = ("gateway.cli", "model_store.cli", "edge_agent.cli")
+_COMMAND_GROUPS = (
+    "gateway.cli",
+    "model_store.cli",
+    "edge_agent.cli",
+    "edgefabric.fabric.cli",
+    "model_store.token_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every installed command group."""
     parser = argparse.ArgumentParser(prog="edgefabric", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text lines, or one JSON object per line (default $EDGEFABRIC_LOG_FORMAT or text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for module_name in _COMMAND_GROUPS:
         try:
@@ -35,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(args.log_level, args.log_format)
+    except ValueError as exc:
+        raise SystemExit(f"edgefabric: {exc}") from None
     return int(args.handler(args))
 
 

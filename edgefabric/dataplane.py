@@ -14,6 +14,7 @@ from edgefabric.inference import InferenceRequest, InferenceResponse
 from edgefabric.metrics import ServingMetrics
 from edgefabric.models.repository import IndexEntry, ModelRepository, ServedModel, ServedVersion
 from edgefabric.stats import VersionStats
+from edgefabric.telemetry import tracing
 
 __all__ = ["DataPlane", "RequestObserver", "ServerInfo"]
 
@@ -93,8 +94,11 @@ class DataPlane:
                 if version.batcher is not None:
                     outputs = await version.batcher.infer(request, output_names)
                 else:
-                    outputs, timings = await model.infer(request.inputs, output_names)
+                    with tracing.span("execute"):
+                        outputs, timings = await model.infer(request.inputs, output_names)
                     version.stats.record_execution(timings, request.batch_rows, requests=1)
+                    compute_ns = timings.input_ns + timings.infer_ns + timings.output_ns
+                    self.metrics.observe_compute(served.name, version_label, compute_ns / 1e9)
         except EdgefabricError as exc:
             elapsed = time.perf_counter_ns() - arrived
             version.stats.record_failure(elapsed)

@@ -52,6 +52,13 @@ class ServingMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.compute_time = Histogram(
+            "edgefabric_inference_compute_seconds",
+            "Time one model execution took (input copy, run, output copy), once per batch",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.batch_shed = Counter(
             "edgefabric_batch_shed",
             "Requests the dynamic batcher refused or dropped without running, by reason",
@@ -77,6 +84,10 @@ class ServingMetrics:
         queue_time = self.batch_queue_time.labels(model, version)
         for seconds in queue_seconds:
             queue_time.observe(seconds)
+
+    def observe_compute(self, model: str, version: str, seconds: float) -> None:
+        """One model execution (a whole batch) took ``seconds``."""
+        self.compute_time.labels(model, version).observe(seconds)
 
     def count_shed(self, model: str, version: str, reason: str) -> None:
         """One request the batcher refused or dropped without running it.

@@ -51,6 +51,7 @@ class _LogReader(threading.Thread):
         self._log_path = log_path
         self.settled = threading.Event()  # running, or the process ended
         self.running = False
+        self.reloaded = threading.Event()  # "Reloading config." seen (SIGHUP)
         self.tail: deque[str] = deque(maxlen=20)
 
     def run(self) -> None:
@@ -60,6 +61,8 @@ class _LogReader(threading.Thread):
                 log.write(line + "\n")
                 log.flush()
                 self.tail.append(line)
+                if line.endswith(" Reloading config."):
+                    self.reloaded.set()
                 if line.endswith(" running"):
                     self.running = True
                     self.settled.set()
@@ -78,8 +81,13 @@ class PrivateBroker:
         max_packet_size: int | None = None,
         persistence: bool = True,
         extra_config: str = "",
+        config_file: Path | None = None,
     ) -> None:
+        """``config_file``: a mosquitto.conf with exactly one ``listener`` line (such as
+        ``edgefabric fleet broker-config`` writes) to run instead of the open, anonymous
+        listener; that line is rewritten to 127.0.0.1 and the broker's port, logging added."""
         self.workdir = Path(workdir)
+        self._base_config = _one_listener(config_file) if config_file is not None else None
         self._requested_port = port
         self._port: int | None = None
         self._max_packet_size = max_packet_size
@@ -97,8 +105,15 @@ class PrivateBroker:
 
     @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT``."""
-        return f"mqtt://127.0.0.1:{self.port}"
+        """``mqtt://127.0.0.1:PORT``, or ``mqtts://`` when the configuration holds a TLS
+        certificate."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener speaks TLS (a ``certfile`` in the given configuration)."""
+        base = self._base_config
+        return base is not None and any(line.split()[:1] == ["certfile"] for line in base[1])
 
     @property
     def log_path(self) -> Path:
@@ -133,6 +148,18 @@ class PrivateBroker:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the broker with SIGTERM (it saves its persistence file) and wait for it."""
         self._end(signal.SIGTERM, timeout_s)
+
+    def reload(self, timeout_s: float = 10.0) -> None:
+        """Re-read the configuration, ACL, certificates and CRL (SIGHUP) without dropping
+        clients; returns once the broker has begun reloading (it accepts no connection before
+        it is done)."""
+        process, reader = self._process, self._reader
+        if process is None or reader is None or process.poll() is not None:
+            raise RuntimeError("the broker is not running")
+        reader.reloaded.clear()
+        process.send_signal(signal.SIGHUP)
+        if not reader.reloaded.wait(timeout_s):
+            raise TransportError(f"mosquitto did not reload within {timeout_s:g} s")
 
     def kill(self) -> None:
         """Kill the broker with SIGKILL: no goodbye to clients, nothing saved."""
@@ -189,9 +216,12 @@ class PrivateBroker:
         self._process = self._reader = None
 
     def _config(self, port: int) -> str:
-        lines = [
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous true",
+        if self._base_config is None:
+            lines = [f"listener {port} 127.0.0.1", "allow_anonymous true"]
+        else:
+            before, after = self._base_config
+            lines = [*before, f"listener {port} 127.0.0.1", *after]
+        lines += [
             "log_dest stderr",  # unbuffered, unlike stdout into a pipe
             "log_type error",
             "log_type warning",
@@ -212,3 +242,16 @@ class PrivateBroker:
         if self._extra_config:
             lines.append(self._extra_config)
         return "\n".join(lines) + "\n"
+
+
+def _one_listener(config_file: Path) -> tuple[list[str], list[str]]:
+    """The lines of ``config_file`` before and after its one ``listener`` line."""
+    lines = Path(config_file).read_text(encoding="utf-8").splitlines()
+    listeners = [i for i, line in enumerate(lines) if line.split()[:1] == ["listener"]]
+    if len(listeners) != 1:
+        raise ValueError(
+            f"{config_file} has {len(listeners)} `listener` lines; a private broker runs a "
+            "configuration with exactly one (its port is replaced by a free one)"
+        )
+    (at,) = listeners
+    return lines[:at], lines[at + 1 :]

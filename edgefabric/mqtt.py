@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,7 +44,15 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edgefabric.errors import TransportError
 from edgefabric.mqtt_loop import MqttLoop
 
-__all__ = ["BrokerAddress", "Message", "MessageHandler", "MqttClient", "MqttLoop", "Will"]
+__all__ = [
+    "BrokerAddress",
+    "Message",
+    "MessageHandler",
+    "MqttClient",
+    "MqttLoop",
+    "MqttTls",
+    "Will",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +124,51 @@ class Will:
 MessageHandler = Callable[[Message], None]
 
 
+@dataclass(frozen=True)
+class MqttTls:
+    """TLS towards an ``mqtts://`` broker, from PEM files: the CA to trust (default: the
+    system's) and, for mutual TLS, this client's certificate and key (``edgefabric fleet
+    enroll`` writes all three)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "a client certificate needs its key and a key its certificate: give both "
+                f"(got certificate {self.cert_file}, key {self.key_file})"
+            )
+
+    def context(self) -> ssl.SSLContext:
+        """A client context verifying the broker's certificate and host name; ``ValueError``
+        names the file that cannot be used and why."""
+        for kind, path in (
+            ("CA", self.ca_file),
+            ("certificate", self.cert_file),
+            ("key", self.key_file),
+        ):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"MQTT TLS {kind} file {path} does not exist or is not a file")
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (ssl.SSLError, OSError) as error:
+            raise ValueError(
+                f"MQTT TLS CA file {self.ca_file} holds no usable PEM certificate: {error}"
+            ) from error
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None and self.key_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (ssl.SSLError, OSError) as error:
+                raise ValueError(
+                    f"cannot use MQTT client certificate {self.cert_file} with key "
+                    f"{self.key_file}: {error} (are both PEM, and the key the certificate's?)"
+                ) from error
+        return context
+
+
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -165,13 +219,20 @@ class MqttClient:
         username: str | None = None,
         password: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        tls: MqttTls | None = None,
         reconnect_min_delay_s: int = 1,
         reconnect_max_delay_s: int = 30,
         loop: MqttLoop | None = None,
     ) -> None:
-        """``loop``: a running :class:`MqttLoop` to share instead of a network thread of its own."""
-        if tls_context is not None and not address.tls:
-            raise ValueError(f"a TLS context was given for {address}; use an mqtts:// URL")
+        """``loop``: a running :class:`MqttLoop` to share instead of a network thread of its own.
+        ``tls`` (CA, certificate, key files) or a ready ``tls_context``: TLS options for an
+        ``mqtts://`` broker."""
+        if tls is not None and tls_context is not None:
+            raise ValueError("give tls (PEM files) or tls_context, not both")
+        if (tls_context is not None or tls is not None) and not address.tls:
+            raise ValueError(f"TLS options were given for {address}; use an mqtts:// URL")
+        if tls is not None:
+            tls_context = tls.context()
         self.address = address
         self.client_id = client_id
         self._clean_start = clean_start
@@ -577,6 +638,15 @@ class MqttClient:
             self._connected.clear()
             listeners = list(self._listeners)
             closing = self._state is _State.CLOSED
+            if not was_connected and not self._connack.is_set():
+                # Dropped before any CONNACK: connect() fails now rather than at its timeout.
+                # With TLS 1.3 this is how a refused client certificate shows.
+                self._connack_error = (
+                    f"the connection closed before the broker answered ({reason_code}); a TLS "
+                    "broker does this to a client certificate that is missing, revoked, "
+                    "expired or from another CA (the broker's log says which)"
+                )
+                self._connack.set()
         if not was_connected:
             return
         if not closing:

@@ -4,7 +4,8 @@
     ef/v1/dev/{device}/health    periodic health reports
     ef/v1/dev/{device}/desired   retained, signed desired state (rollout controller only)
     ef/v1/dev/{device}/events    reconcile progress and failures
-    ef/v1/dev/{device}/infer     KServe v2 requests relayed to the device
+    ef/v1/dev/{device}/infer     KServe v2 requests relayed to the device (MQTT 5 request/response)
+    ef/v1/relay/resp/{client}    their answers, to the relaying client (a gateway's edge pool)
     ef/v1/repo/req/{client}      TUF repository requests (MQTT 5 response topic + correlation)
     ef/v1/repo/resp/{client}     their answers
 
@@ -26,6 +27,9 @@ __all__ = [
     "device_health",
     "device_infer",
     "device_status",
+    "parse_device_topic",
+    "relay_response",
+    "relay_response_client",
     "repo_request",
     "repo_request_client",
     "repo_response",
@@ -36,6 +40,8 @@ __all__ = [
 PREFIX = "ef/v1"
 _REPO_REQUEST = f"{PREFIX}/repo/req/"
 _REPO_RESPONSE = f"{PREFIX}/repo/resp/"
+_RELAY_RESPONSE = f"{PREFIX}/relay/resp/"
+_DEVICE = f"{PREFIX}/dev/"
 REPO_REQUEST_FILTER = f"{_REPO_REQUEST}+"
 ALL_DEVICE_STATUS = f"{PREFIX}/dev/+/status"
 ALL_DEVICE_HEALTH = f"{PREFIX}/dev/+/health"
@@ -79,6 +85,34 @@ def device_events(device: str) -> str:
 def device_infer(device: str) -> str:
     """Inference requests relayed to a device that accepts no inbound connections."""
     return f"{PREFIX}/dev/{_level('device id', device)}/infer"
+
+
+def relay_response(client_id: str) -> str:
+    """Where ``client_id`` receives the answers to the inference requests it relays."""
+    return _RELAY_RESPONSE + _level("client id", client_id)
+
+
+def relay_response_client(topic: str) -> str | None:
+    """The client id in a relay response topic, or None if ``topic`` is not one."""
+    if not topic.startswith(_RELAY_RESPONSE):
+        return None
+    try:
+        return _level("client id", topic[len(_RELAY_RESPONSE) :])
+    except ValueError:
+        return None
+
+
+def parse_device_topic(topic: str) -> tuple[str, str] | None:
+    """``(device, kind)`` of an ``ef/v1/dev/{device}/{kind}`` topic, or None if it is not one."""
+    if not topic.startswith(_DEVICE):
+        return None
+    device, sep, kind = topic[len(_DEVICE) :].partition("/")
+    if not sep or not kind or "/" in kind:
+        return None
+    try:
+        return _level("device id", device), kind
+    except ValueError:
+        return None
 
 
 def rollout_status(rollout_id: str) -> str:

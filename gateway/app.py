@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from pathlib import Path
 
 from edgefabric.dataplane import DataPlane
 from edgefabric.kserve.server import KServeServer, ServerOptions, start_server
@@ -12,6 +14,16 @@ from edgefabric.metrics import ServingMetrics
 from edgefabric.models.repository import ModelRepository
 from edgefabric.runtime.base import Runtime
 from edgefabric.runtime.onnx import OnnxRuntime, OrtOptions
+from edgefabric.security.access import AccessControl
+from edgefabric.security.audit import store_recorder
+from edgefabric.security.limits import TenantLimits
+from edgefabric.security.tokens import TokenStore, TokenVerifier
+from edgefabric.telemetry import tracing
+from edgefabric.telemetry.endpoint import MetricsEndpoint
+from edgefabric.telemetry.gateway import GatewayMetrics
+from gateway.admin import admin_handler
+from gateway.pools.base import Pool
+from gateway.pools.edge import EdgePool
 from gateway.pools.remote import RemoteKServePool
 from gateway.router import Router
 from gateway.routing import RoutingPolicy, parse_routes
@@ -44,6 +56,11 @@ class Gateway:
         )
         self.data = DataPlane(self.repository, metrics=metrics)
         self.router = _build_router(settings, self.data)
+        self.telemetry = GatewayMetrics(metrics.registry, self._pool_health)
+        if self.router is not None:
+            self.router.observer = self.telemetry.observe_route
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._tracing = False
         self._server: KServeServer | None = None
         self.metrics_port: int | None = None
 
@@ -68,13 +85,25 @@ class Gateway:
                 port=self.settings.grpc_port,
                 max_message_bytes=self.settings.max_message_bytes,
                 max_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
+                limits=self.settings.request_limits(),
+                tls=self.settings.server_tls(),
+                insecure=self.settings.insecure,
+                access=_access_control(self.settings),
+                max_deadline_s=self.settings.max_deadline_s or None,
             ),
             self.router,
+            (admin_handler(lambda: self.router),),
         )
         if self.settings.metrics_port >= 0:
-            self.metrics_port = self.data.metrics.serve_http(
-                self.settings.metrics_address, self.settings.metrics_port
+            settings = self.settings
+            self._metrics_endpoint = MetricsEndpoint(
+                self.data.metrics.registry, settings.metrics_address, settings.metrics_port
             )
+            self.metrics_port = self._metrics_endpoint.port
+        endpoint = tracing.endpoint_from(self.settings.otlp_endpoint)
+        if endpoint and not tracing.enabled():
+            tracing.configure("edgefabric-gateway", endpoint=endpoint)
+            self._tracing = True
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain in-flight requests (health NOT_SERVING first), then release the models."""
@@ -84,7 +113,20 @@ class Gateway:
         self._server = None
         if self.router is not None:
             await self.router.stop()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
+            self._metrics_endpoint = None
+        if self._tracing:
+            tracing.shutdown()
+            self._tracing = False
         self.repository.close()
+
+    def _pool_health(self) -> dict[str, bool]:
+        """Whether each pool is up: ``local`` (this process) and every remote one."""
+        health = {"local": self.data.ready()}
+        if self.router is not None:
+            health.update((name, pool.healthy) for name, pool in self.router.pools.items())
+        return health
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain and stop."""
@@ -102,13 +144,40 @@ class Gateway:
         await self.stop()
 
 
+def _access_control(settings: GatewaySettings) -> AccessControl:
+    """Tokens (``auth required``), tenant limits and the audit trail of admin RPCs."""
+    env_home = os.environ.get("EDGEFABRIC_HOME")
+    home = settings.home or (Path(env_home) if env_home else None)
+    verifier = None
+    if settings.auth == "required":
+        home = home or Path.home() / ".edgefabric"
+        store = TokenStore.in_home(home)
+        if not store.path.exists():
+            log.warning(
+                "auth required but %s holds no tokens yet: every call will be refused until "
+                "`edgefabric token create` makes one",
+                store.path,
+            )
+        verifier = TokenVerifier(store)
+    return AccessControl(
+        verifier,
+        default_limits=TenantLimits(
+            settings.tenant_rate_per_s, settings.tenant_burst, settings.tenant_max_concurrent
+        ),
+        audit=store_recorder(home) if home is not None else None,
+    )
+
+
 def _build_router(settings: GatewaySettings, data: DataPlane) -> Router | None:
     """A router when pools or routes are configured; ``None`` keeps the plain local path."""
     if not settings.pools and not settings.routes:
         return None
-    pools = {}
+    pools: dict[str, Pool] = {}
     for item in settings.pools:
         name, _, target = item.partition("=")
+        if target.startswith("mqtt://"):
+            pools[name] = EdgePool(name, target, max_message_bytes=settings.max_message_bytes)
+            continue
         pools[name] = RemoteKServePool(
             name, target.removeprefix("grpc://"), max_message_bytes=settings.max_message_bytes
         )

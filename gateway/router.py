@@ -14,11 +14,15 @@ every model first; models served only locally and with no route stay on the loca
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
@@ -26,21 +30,45 @@ from edgefabric.dataplane import DataPlane
 from edgefabric.errors import (
     DeadlineExceededError,
     EdgefabricError,
+    InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
     TransportError,
+    UnsupportedError,
+    grpc_status_for,
 )
 from edgefabric.kserve import converters
+from edgefabric.telemetry import tracing
+from gateway.pools.base import Pool
 from gateway.pools.remote import RemoteKServePool
-from gateway.routing import PoolSnapshot, Route, RoutingPolicy, split_target
+from gateway.routing import PoolSnapshot, Route, RoutingPlan, RoutingPolicy, split_target
 
-__all__ = ["LOCAL_POOL", "Router", "ShadowStats"]
+__all__ = ["LOCAL_POOL", "POOL_PARAMETER", "HedgeStats", "Router", "ShadowStats"]
 
 log = logging.getLogger(__name__)
 
 LOCAL_POOL = "local"
+POOL_PARAMETER = "edgefabric.pool"
+"""Response parameter naming the pool that answered a routed request."""
 _EWMA_ALPHA = 0.2
 _RETRYABLE = (TransportError, ModelNotReadyError)
+
+
+class _NoAnswerError(Exception):
+    """No copy of a hedged request answered; ``hedged``: the second copy was sent too."""
+
+    def __init__(self, last: EdgefabricError | None, *, hedged: bool) -> None:
+        super().__init__(str(last))
+        self.last = last
+        self.hedged = hedged
+
+
+@dataclass
+class HedgeStats:
+    """Second copies sent because the primary was slow, and how often they answered first."""
+
+    sent: int = 0
+    won: int = 0
 
 
 @dataclass
@@ -58,7 +86,7 @@ class Router:
     def __init__(
         self,
         data: DataPlane,
-        pools: Mapping[str, RemoteKServePool],
+        pools: Mapping[str, Pool],
         routes: Mapping[str, Route],
         policy: RoutingPolicy,
         *,
@@ -75,10 +103,25 @@ class Router:
         self._local_ewma_s: float | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.shadow: dict[str, ShadowStats] = {}
+        self.hedges = HedgeStats()
+        # Told of every attempt: (model, version asked, pool, status name, seconds). Metrics.
+        self.observer: Callable[[str, str, str, str, float], None] | None = None
+        self._target_in_flight: Counter[str] = Counter()
+        self._answered = asyncio.Event()
+
+    @property
+    def pools(self) -> Mapping[str, Pool]:
+        """The remote pools, by name."""
+        return MappingProxyType(self._pools)
 
     async def start(self) -> None:
         """Connect to every remote pool (a pool that is down is retried by its health loop)."""
         await asyncio.gather(*(pool.start() for pool in self._pools.values()))
+
+    async def settle_shadows(self) -> None:
+        """Wait until every shadow copy sent so far has been compared (or failed)."""
+        while self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
 
     async def stop(self) -> None:
         """Let shadow copies finish, then close the pools."""
@@ -119,55 +162,210 @@ class Router:
             primary = asyncio.get_running_loop().create_future()
             self._copy_to_shadow(plan.shadow, request, deadline, primary)
         try:
-            return await self._first_answer(
-                model, request, (plan.primary, *plan.fallbacks), deadline, primary
-            )
-        finally:
-            if primary is not None and not primary.done():
+            response = await self._first_answer(model, request, plan, deadline)
+        except BaseException:
+            if primary is not None:
                 primary.cancel()
+            raise
+        if primary is not None:
+            primary.set_result(response)
+        return response
 
     async def _first_answer(
         self,
         model: str,
         request: pb.ModelInferRequest,
-        order: tuple[str, ...],
+        plan: RoutingPlan,
         deadline: float | None,
-        primary: asyncio.Future[pb.ModelInferResponse] | None,
     ) -> pb.ModelInferResponse:
+        """The primary's answer, a hedge's if it is first, else a failover's in order."""
+        order: tuple[str, ...] = (plan.primary, *plan.fallbacks)
         last: EdgefabricError | None = None
+        if plan.hedge_after_s is not None and plan.fallbacks:
+            try:
+                return await self._hedged(
+                    plan.primary, plan.fallbacks[0], plan.hedge_after_s, request, deadline
+                )
+            except _NoAnswerError as exc:
+                last = exc.last
+                order = plan.fallbacks[1:] if exc.hedged else plan.fallbacks
         for name in order:
             remaining = None if deadline is None else deadline - self._clock()
             if remaining is not None and remaining <= 0:
                 break
-            started = self._clock()
             try:
-                response = await self._send(name, request, remaining)
+                return await self._attempt(name, request, deadline)
             except _RETRYABLE as exc:
-                self._policy.record(
-                    name, ok=False, latency_s=self._clock() - started, now_s=self._clock(),
-                    retryable=True,
-                )  # fmt: skip
                 log.info("pool %s failed for %s (%s); failing over", name, model, exc)
                 last = exc
-                continue
-            except EdgefabricError:
-                self._policy.record(
-                    name, ok=False, latency_s=self._clock() - started, now_s=self._clock(),
-                    retryable=False,
-                )  # fmt: skip
-                raise
-            self._policy.record(
-                name, ok=True, latency_s=self._clock() - started, now_s=self._clock(),
-                retryable=False,
-            )  # fmt: skip
-            if primary is not None:
-                primary.set_result(response)
-            return response
         if last is not None:
             raise last
         raise DeadlineExceededError(
             f"model {model!r}: the deadline passed before any pool answered"
         )
+
+    async def _hedged(
+        self,
+        first: str,
+        second: str,
+        after_s: float,
+        request: pb.ModelInferRequest,
+        deadline: float | None,
+    ) -> pb.ModelInferResponse:
+        """``first``; when it has not answered after ``after_s``, also ``second``: the first
+        success wins and the other is cancelled. Raises :class:`_NoAnswerError` when every copy
+        failed retryably; other errors propagate."""
+        tasks = {asyncio.create_task(self._attempt(first, request, deadline)): first}
+        last: EdgefabricError | None = None
+        hedged = False
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=after_s)
+            if not done:
+                hedged = True
+                self.hedges.sent += 1
+                tasks[asyncio.create_task(self._attempt(second, request, deadline))] = second
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    name = tasks.pop(task)
+                    try:
+                        response = task.result()
+                    except _RETRYABLE as exc:
+                        log.info("pool %s failed (%s)", name, exc)
+                        last = exc
+                        continue
+                    if name == second:
+                        self.hedges.won += 1
+                    return response
+        finally:
+            for task in tasks:
+                task.cancel()  # the loser: its pool stops working on it
+        raise _NoAnswerError(last, hedged=hedged)
+
+    async def _attempt(
+        self, name: str, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelInferResponse:
+        """One send to target ``name``, its outcome recorded for the policy."""
+        remaining = None if deadline is None else deadline - self._clock()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError(f"no time left to send to {name!r}")
+        started = self._clock()
+        self._target_in_flight[name] += 1
+        try:
+            response = await self._observed(name, request, remaining)
+        except _RETRYABLE:
+            self._policy.record(
+                name, ok=False, latency_s=self._clock() - started, now_s=self._clock(),
+                retryable=True,
+            )  # fmt: skip
+            raise
+        except EdgefabricError:
+            self._policy.record(
+                name, ok=False, latency_s=self._clock() - started, now_s=self._clock(),
+                retryable=False,
+            )  # fmt: skip
+            raise
+        finally:
+            self._target_in_flight[name] -= 1
+            self._answered.set()
+        self._policy.record(
+            name, ok=True, latency_s=self._clock() - started, now_s=self._clock(),
+            retryable=False,
+        )  # fmt: skip
+        response.parameters[POOL_PARAMETER].string_param = split_target(name)[0]
+        return response
+
+    # ------------------------------------------------------------------ version swaps
+
+    def route(self, model: str) -> Route | None:
+        """The route ``model``'s requests follow now (``None``: any pool that serves it)."""
+        return self._routes.get(model)
+
+    def set_route(self, model: str, route: Route | None) -> None:
+        """Route ``model``'s next requests by ``route`` (``None`` removes its route)."""
+        if route is None:
+            self._routes.pop(model, None)
+        else:
+            self._routes[model] = route
+
+    def in_flight(self, target: str) -> int:
+        """Requests sent to ``target`` (``POOL`` or ``POOL@VERSION``) and not answered yet."""
+        return self._target_in_flight[target]
+
+    async def wait_idle(self, targets: Sequence[str]) -> None:
+        """Wait until no request is in flight on any of ``targets`` (bound it by a timeout)."""
+        while any(self._target_in_flight[t] for t in targets):
+            self._answered.clear()
+            await self._answered.wait()
+
+    async def served_versions(self, pool: str, model: str) -> tuple[str, ...]:
+        """The versions of ``model`` that ``pool`` serves now, asked now."""
+        if pool == LOCAL_POOL:
+            if not self._data.model_ready(model):
+                return ()
+            served, _ = self._data.resolve(model)
+            return tuple(str(v) for v in sorted(served.versions))
+        return await self._loadable(pool).ready_versions(model)
+
+    async def load_versions(self, pool: str, model: str, versions: Sequence[str]) -> None:
+        """Make ``pool`` serve exactly ``versions`` of ``model`` (a load with a specific
+        version policy; versions kept serve on while the others are loaded or unloaded)."""
+        numbers = [_version_number(model, v) for v in versions]
+        if pool == LOCAL_POOL:
+            policy = {"version_policy": {"specific": {"versions": numbers}}}
+            await self._data.load_model(model, json.dumps(policy))
+            return
+        remote = self._loadable(pool)
+        config = await remote.config(model)
+        config.version_policy.Clear()
+        config.version_policy.specific.versions.extend(numbers)
+        await remote.load_model(model, json_format.MessageToJson(config))
+
+    async def version_ready(self, pool: str, model: str, version: str) -> bool:
+        """Whether ``pool`` says ``model`` version ``version`` is ready."""
+        if pool == LOCAL_POOL:
+            return self._data.model_ready(model, version)
+        return await self._loadable(pool).model_ready(model, version)
+
+    def _loadable(self, pool: str) -> RemoteKServePool:
+        found = self._pools.get(pool)
+        if found is None:
+            known = ", ".join([LOCAL_POOL, *self._pools])
+            raise InvalidInputError(f"no pool named {pool!r}; this gateway has {known}")
+        if not isinstance(found, RemoteKServePool):
+            raise UnsupportedError(
+                f"pool {pool!r} cannot load or unload models from the gateway; "
+                "only the local pool and KServe v2 gRPC pools can"
+            )
+        return found
+
+    # ------------------------------------------------------------------ Forwarder (cont.)
+
+    async def _observed(
+        self, target: str, request: pb.ModelInferRequest, remaining_s: float | None
+    ) -> pb.ModelInferResponse:
+        """:meth:`_send` in a trace span, its outcome told to :attr:`observer`."""
+        pool = split_target(target)[0]
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            with tracing.span("route", attributes={"edgefabric.pool": pool}):
+                return await self._send(target, request, remaining_s)
+        except EdgefabricError as exc:
+            code = grpc_status_for(exc).name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer(
+                    request.model_name,
+                    request.model_version,
+                    pool,
+                    code,
+                    time.perf_counter() - started,
+                )
 
     async def model_ready(self, name: str, version: str) -> bool:
         """Ready somewhere: locally or on a healthy pool that reports it."""
@@ -218,7 +416,7 @@ class Router:
     def _local_models(self) -> set[str]:
         return {entry.name for entry in self._data.repository_index(ready_only=True)}
 
-    def _remote(self, name: str) -> RemoteKServePool:
+    def _remote(self, name: str) -> Pool:
         for pool in self._pools.values():
             if name in pool.models():
                 return pool
@@ -307,6 +505,15 @@ class Router:
         task = asyncio.create_task(shadow())
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
+
+
+def _version_number(model: str, version: str) -> int:
+    if not version.isdigit():
+        raise InvalidInputError(
+            f"model {model!r}: version {version!r} is not a version number; "
+            "versions are the numbered folders of the model repository"
+        )
+    return int(version)
 
 
 def _site(request: pb.ModelInferRequest, route: Route | None) -> str:

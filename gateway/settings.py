@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefabric.kserve.limits import RequestLimits
+from edgefabric.mqtt import BrokerAddress
+from edgefabric.security.tls import ServerTls, check_exposure, is_loopback
 
 __all__ = ["GatewaySettings"]
 
@@ -24,6 +29,11 @@ class GatewaySettings(BaseSettings):
     metrics_port: int = Field(
         8002, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 disables."
     )
+    otlp_endpoint: str = Field(
+        "",
+        description="OpenTelemetry collector (OTLP/gRPC, http://HOST:4317) to send request "
+        "traces to; empty: $OTEL_EXPORTER_OTLP_ENDPOINT, and when that is unset tracing is off.",
+    )
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest request or response message, in bytes."
     )
@@ -32,6 +42,29 @@ class GatewaySettings(BaseSettings):
         ge=0,
         description="RPCs in progress beyond which gRPC sheds new ones at once with "
         "RESOURCE_EXHAUSTED, before they queue in the process; 0: no limit.",
+    )
+    max_inputs: int = Field(256, ge=1, description="Input tensors one request may carry.")
+    max_outputs: int = Field(256, ge=1, description="Outputs one request may ask for.")
+    max_rank: int = Field(32, ge=1, le=64, description="Dimensions of one tensor's shape.")
+    max_tensor_elements: int = Field(
+        1 << 28,
+        ge=1,
+        description="Elements of one tensor (zero dimensions do not hide the others).",
+    )
+    max_bytes_elements: int = Field(
+        1 << 20,
+        ge=1,
+        description="BYTES elements in one request, all inputs together; each becomes a "
+        "Python object, so this bounds what a message of empty strings can cost.",
+    )
+    max_bytes_element_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Length of one BYTES element, in bytes."
+    )
+    max_stream_in_flight: int = Field(
+        128,
+        ge=1,
+        description="Requests of one ModelStreamInfer stream in progress or waiting to be sent; "
+        "past it the gateway reads no more from that stream until answers are sent.",
     )
     default_max_batch_size: int = Field(
         64, ge=1, description="max_batch_size given to batchable models that have no config.pbtxt."
@@ -57,22 +90,111 @@ class GatewaySettings(BaseSettings):
 
     pools: tuple[str, ...] = Field(
         (),
-        description="Remote KServe v2 pools as NAME=grpc://HOST:PORT (a Triton, MLServer or "
-        "another gateway); their models are served next to the local ones.",
+        description="Pools as NAME=grpc://HOST:PORT (a remote KServe v2 server: Triton, MLServer, "
+        "another gateway) or NAME=mqtt://HOST:PORT (edge agents behind that MQTT broker, reached "
+        "by relay); their models are served next to the local ones.",
     )
     routes: tuple[str, ...] = Field(
         (), description="Route table entries (see gateway/routing/table.py for the syntax)."
     )
+
+    tls_cert: Path | None = Field(
+        None, description="Server certificate chain (PEM); with tls_key, the API speaks TLS."
+    )
+    tls_key: Path | None = Field(None, description="The server certificate's private key (PEM).")
+    tls_client_ca: Path | None = Field(
+        None, description="CA (PEM) whose certificates clients must present: mutual TLS."
+    )
+    tls_client_auth: Literal["required", "optional"] = Field(
+        "required",
+        description="With tls_client_ca: 'required' refuses clients without a certificate; "
+        "'optional' checks one only when a client presents it.",
+    )
+    insecure: bool = Field(
+        False, description="Allow plaintext gRPC on an address other machines can reach."
+    )
+    auth: Literal["none", "required"] = Field(
+        "none",
+        description="'required': every call but health/liveness needs a bearer token from the "
+        "token store under home; 'none': anyone may call (loopback only unless allow_anonymous).",
+    )
+    allow_anonymous: bool = Field(
+        False, description="Allow auth 'none' on an address other machines can reach."
+    )
+    home: Path | None = Field(
+        None,
+        description="EDGEFABRIC_HOME holding tokens.sqlite3 and the audit log that admin RPCs "
+        "join; default $EDGEFABRIC_HOME, else ~/.edgefabric when auth is required.",
+    )
+    tenant_rate_per_s: float = Field(
+        0.0, ge=0, description="Requests/s for tenants without limits in the token store; 0: none."
+    )
+    tenant_burst: int = Field(
+        0, ge=0, description="Token-bucket size for those tenants (at least 1 when rated)."
+    )
+    tenant_max_concurrent: int = Field(
+        0, ge=0, description="Inference calls in progress per such tenant; 0: no quota."
+    )
+    max_deadline_s: float = Field(
+        300.0,
+        ge=0,
+        description="Longest deadline honoured: a request with a longer one, or none, is given "
+        "this one; 0: no cap.",
+    )
+
+    def server_tls(self) -> ServerTls | None:
+        """The TLS configuration, read from the PEM files (``None``: plaintext)."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return ServerTls.from_files(
+            self.tls_cert,
+            self.tls_key,
+            self.tls_client_ca,
+            require_client_cert=self.tls_client_auth == "required" if self.tls_client_ca else None,
+        )
+
+    @model_validator(mode="after")
+    def _exposure_is_chosen(self) -> GatewaySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key (--tls-cert and --tls-key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
+        self.server_tls()  # refuses unreadable or mismatched PEM files now
+        check_exposure(self.grpc_address, tls=self.tls_cert is not None, insecure=self.insecure)
+        if self.auth == "none" and not self.allow_anonymous and not is_loopback(self.grpc_address):
+            raise ValueError(
+                f"refusing to serve without authentication on {self.grpc_address!r}, which "
+                "other machines can reach: pass --auth required (tokens from "
+                "`edgefabric token create`), bind a loopback address, or pass "
+                "--allow-anonymous"
+            )
+        return self
+
+    def request_limits(self) -> RequestLimits:
+        """The decoding limits these settings set for every inference request."""
+        return RequestLimits(
+            max_inputs=self.max_inputs,
+            max_outputs=self.max_outputs,
+            max_rank=self.max_rank,
+            max_tensor_elements=self.max_tensor_elements,
+            max_bytes_elements=self.max_bytes_elements,
+            max_bytes_element_bytes=self.max_bytes_element_bytes,
+            max_stream_in_flight=self.max_stream_in_flight,
+        )
 
     @field_validator("pools")
     @classmethod
     def _pools_are_named_targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
             name, sep, target = item.partition("=")
-            if not sep or not name or not target.startswith("grpc://") or name == "local":
+            scheme_ok = target.startswith(("grpc://", "mqtt://"))
+            if not sep or not name or not scheme_ok or name == "local":
                 raise ValueError(
-                    f"pool {item!r}: expected NAME=grpc://HOST:PORT (NAME other than 'local')"
+                    f"pool {item!r}: expected NAME=grpc://HOST:PORT or NAME=mqtt://HOST:PORT "
+                    "(NAME other than 'local'; mqtts:// is not offered yet)"
                 )
+            if target.startswith("mqtt://"):
+                BrokerAddress.parse(target)  # ValueError says what is wrong with the address
         return value
 
     @field_validator("model_repository")

@@ -11,6 +11,7 @@ from edgefabric.errors import EdgefabricError, InvalidModelError
 from edgefabric.golden import Tolerance
 from edgefabric.targets import model_target_path
 from model_store.distribution import DEFAULT_CHUNK_SIZE
+from model_store.enroll import add_mqtt_tls_arguments, mqtt_tls_from, register_enroll
 from model_store.export import DEFAULT_MAX_BATCH_SIZE, export_versions
 from model_store.fleet_view import register_fleet_status
 from model_store.home import StoreHome
@@ -304,6 +305,15 @@ def _register_keys_and_audit(
     )
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (pick a free one) to 65535."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number from 0 (pick a free one) to 65535, got {text!r}"
+        )
+    return int(text)
+
+
 def _store_serve(store: ModelStore, args: argparse.Namespace) -> int:
     from edgefabric.mqtt import BrokerAddress  # noqa: PLC0415  (paho only where it is used)
     from model_store.serve import StoreServer, StoreServerOptions  # noqa: PLC0415
@@ -313,8 +323,17 @@ def _store_serve(store: ModelStore, args: argparse.Namespace) -> int:
         client_id=args.client_id,
         chunk_size=args.chunk_size,
         refresh_interval_s=args.refresh_interval_s,
+        tls=mqtt_tls_from(args),
+        http_port=args.http_port,
+        http_address=args.http_address,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
     )
-    StoreServer(store, options).run()
+    try:
+        StoreServer(store, options).run()
+    except OSError as exc:  # e.g. the dashboard's port is taken
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -324,13 +343,26 @@ def _register_store(
     group = commands.add_parser("store", help="run the store's serving process")
     sub = group.add_subparsers(dest="action", required=True)
     serve = sub.add_parser("serve", parents=[common], help="serve TUF files and models over MQTT")
-    serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT of the MQTT broker")
+    serve.add_argument("--broker", required=True, help="mqtt(s)://HOST:PORT of the MQTT broker")
+    add_mqtt_tls_arguments(serve)
     serve.add_argument("--client-id", default="edgefabric-store", help="MQTT client id")
+    serve.add_argument(
+        "--metrics-port", type=int, default=-1, help="Prometheus /metrics port (-1 = off, 0 = any)"
+    )
+    serve.add_argument("--metrics-address", default="127.0.0.1", help="Prometheus address")
     serve.add_argument(
         "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per artifact chunk"
     )
     serve.add_argument(
         "--refresh-interval-s", type=float, default=600.0, help="how often to check expiry"
+    )
+    serve.add_argument(
+        "--http-port",
+        type=_port,
+        help="serve the read-only fleet dashboard on this port (0: a free one; default: none)",
+    )
+    serve.add_argument(
+        "--http-address", default="127.0.0.1", help="the dashboard's address (default loopback)"
     )
     serve.set_defaults(handler=_run(_store_serve))
 
@@ -340,7 +372,8 @@ def _fleet_assign(store: ModelStore, args: argparse.Namespace) -> int:
     from model_store.fleet import assign  # noqa: PLC0415
 
     models = [_ref(text) for text in args.models]
-    with MqttClient(BrokerAddress.parse(args.broker), args.client_id) as mqtt:
+    address = BrokerAddress.parse(args.broker)
+    with MqttClient(address, args.client_id, tls=mqtt_tls_from(args)) as mqtt:
         state = assign(store, mqtt, args.device, models)
     refs = " ".join(args.models)
     print(f"{args.device} should run {refs} (desired state sequence {state.sequence}, signed)")
@@ -357,7 +390,9 @@ def _register_fleet(
     assign.add_argument("models", nargs="+", help="NAME:VERSION (one per model)")
     assign.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     assign.add_argument("--client-id", default="edgefabric-controller", help="MQTT client id")
+    add_mqtt_tls_arguments(assign)
     assign.set_defaults(handler=_run(_fleet_assign))
+    register_enroll(sub, common, _run)
     register_fleet_status(sub)
     register_simulate(sub)
 

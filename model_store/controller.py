@@ -68,6 +68,7 @@ class RolloutController:
         *,
         engine: RolloutEngine | None = None,
         clock: Callable[[], float] = time.time,
+        on_progress: Callable[[Mapping[str, object]], None] | None = None,
     ) -> None:
         self._store = store
         self._mqtt = mqtt
@@ -76,6 +77,7 @@ class RolloutController:
         self._clock = clock
         self._rollouts = RolloutStore(store.registry)
         self._published: dict[str, str] = {}
+        self._on_progress = on_progress  # every ticked rollout's summary (metrics)
 
     def tick(self) -> None:
         """One pass over the active rollouts (and completed ones that still hand out versions)."""
@@ -92,6 +94,8 @@ class RolloutController:
                     self._rollouts.save(current)
             self._publish_desired(current, fleet)
             self._publish_progress(current)
+            if self._on_progress is not None:
+                self._on_progress(rollout_summary(current))
 
     def run(self, stopping: threading.Event, interval_s: float) -> None:
         """Tick every ``interval_s`` until ``stopping`` is set; errors are logged, not fatal."""

@@ -101,12 +101,15 @@ class RepoResponder:
         read_metadata: MetadataReader,
         open_target: TargetOpener,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        *,
+        on_answer: Callable[[str, str, int], None] | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size}")
         self._read_metadata = read_metadata
         self._open_target = open_target
         self.chunk_size = chunk_size
+        self._on_answer = on_answer  # (path, status name, data bytes) of every answer: metrics
 
     def answer(self, request_payload: bytes, *, max_chunk: int | None = None) -> bytes:
         """The serialized answer to one serialized request; ``max_chunk`` caps the data further
@@ -120,6 +123,9 @@ class RepoResponder:
             )
         else:
             response = self.respond(request, max_chunk=max_chunk)
+            if self._on_answer is not None:
+                status = RepoResponse.Status.Name(response.status)
+                self._on_answer(request.path, status, len(response.data))
         return response.SerializeToString()
 
     def respond(self, request: RepoRequest, *, max_chunk: int | None = None) -> RepoResponse:

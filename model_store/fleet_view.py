@@ -29,14 +29,24 @@ from edgefabric import topics
 from edgefabric.errors import EdgefabricError, TransportError
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient
 from model_store.fleet_db import FleetDatabase, fleet_database_path
-from model_store.fleet_records import DeviceRecord, DeviceRow, ModelRow, decode, selects
+from model_store.fleet_records import (
+    DeviceRecord,
+    DeviceRow,
+    ModelRow,
+    Report,
+    decode,
+    selects,
+)
 from model_store.home import StoreHome
 from model_store.rollout.core import DeviceView
 from model_store.rollout.spec import format_selector, parse_selector
 
-__all__ = ["FleetView", "read_rows", "register_fleet_status"]
+__all__ = ["FleetView", "ReportListener", "read_rows", "register_fleet_status"]
 
 logger = logging.getLogger(__name__)
+
+ReportListener = Callable[[str, Report, float, bool], None]
+"""``(device_id, report, received_s, retained)``: see :meth:`FleetView.add_listener`."""
 
 _FILTERS = (topics.ALL_DEVICE_STATUS, topics.ALL_DEVICE_HEALTH, topics.ALL_DEVICE_EVENTS)
 _RECHECK_S = 0.01  # wait_for lets a burst of reports land before evaluating again
@@ -84,6 +94,7 @@ class FleetView:
         self._flush_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
         self._started = False
+        self._listeners: list[ReportListener] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -133,6 +144,12 @@ class FleetView:
             db.close()
         with self._changed:
             self._changed.notify_all()
+
+    def add_listener(self, listener: ReportListener) -> None:
+        """Also hand every decoded report to ``listener(device_id, report, received_s,
+        retained)``, on the MQTT network thread after it was folded in (keep it quick).
+        Add listeners before :meth:`start`; an exception in one is logged, not raised."""
+        self._listeners.append(listener)
 
     def __enter__(self) -> FleetView:
         self.start()
@@ -225,6 +242,11 @@ class FleetView:
             self._unsaved.add(device_id)
             self._generation += 1
             self._changed.notify_all()
+        for listener in self._listeners:
+            try:
+                listener(device_id, report, received_s, message.retain)
+            except Exception:
+                logger.exception("a fleet report listener failed on %s", message.topic)
         if missed:
             self._missed += missed
             logger.log(

@@ -49,6 +49,11 @@ class StoreHome:
         return self.root / "keys"
 
     @property
+    def pki(self) -> Path:
+        """The fleet's certificate authority for MQTT (``model_store.pki``)."""
+        return self.root / "pki"
+
+    @property
     def audit_log(self) -> Path:
         """The hash-chained audit log (JSON lines)."""
         return self.root / "audit.log"

@@ -5,6 +5,8 @@
 # They are kept apart from the project's .venv (protobuf 6 / tritonclient pins) and are driven
 # from it by bench/peers/launch.py.
 #
+#   bench/peers/setup.sh [all|mlserver|triton]   (default all; `make triton-peer` runs `triton`)
+#
 # Idempotent: a venv whose packages import at the wanted versions is left alone.
 # Environment: PYTHON (default python3) picks the interpreter; it must have a shared libpython
 # (Triton's Python-backend stub links it). PEERS_FORCE=1 reinstalls.
@@ -15,6 +17,14 @@ repo="$(cd "$here/../.." && pwd)"
 peers_dir="$repo/bench/.peers"
 python="${PYTHON:-python3}"
 force="${PEERS_FORCE:-0}"
+which="${1:-all}"
+case "$which" in
+  all | mlserver | triton) ;;
+  *)
+    echo "usage: $0 [all|mlserver|triton]; got '$which'" >&2
+    exit 2
+    ;;
+esac
 
 # The peers run the same ONNX Runtime as the project's venv when it has one, so that a
 # comparison measures the servers, not two ORT releases.
@@ -54,15 +64,18 @@ ensure_venv() {
   echo "done: $venv in $((SECONDS - start)) s"
 }
 
-ensure_venv "$peers_dir/mlserver-venv" \
-  "import mlserver, numpy, onnxruntime; assert mlserver.__version__ == '1.7.1' and $ort_check" \
-  "mlserver==1.7.1" "$ort_spec" numpy
+if [[ "$which" != triton ]]; then
+  ensure_venv "$peers_dir/mlserver-venv" \
+    "import mlserver, numpy, onnxruntime; assert mlserver.__version__ == '1.7.1' and $ort_check" \
+    "mlserver==1.7.1" "$ort_spec" numpy
+  echo "mlserver-venv: $("$peers_dir/mlserver-venv/bin/python" -c \
+    'import mlserver, onnxruntime; print("mlserver", mlserver.__version__, "| onnxruntime", onnxruntime.__version__)')"
+fi
+[[ "$which" != mlserver ]] || exit 0
 ensure_venv "$peers_dir/triton-venv" \
   "import importlib.metadata as m, numpy, onnxruntime, pytriton; assert m.version('nvidia-pytriton') == '0.7.0' and $ort_check" \
   "nvidia-pytriton==0.7.0" "$ort_spec" numpy
 
-echo "mlserver-venv: $("$peers_dir/mlserver-venv/bin/python" -c \
-  'import mlserver, onnxruntime; print("mlserver", mlserver.__version__, "| onnxruntime", onnxruntime.__version__)')"
 # Where the wheel keeps Triton, and whether this interpreter can host its Python backend.
 "$peers_dir/triton-venv/bin/python" - <<'EOF'
 import importlib.metadata as metadata

@@ -30,6 +30,7 @@ from edgefabric.inference import InferenceRequest, Tensors
 from edgefabric.metrics import ServingMetrics
 from edgefabric.runtime.base import LoadedModel
 from edgefabric.stats import VersionStats
+from edgefabric.telemetry import tracing
 
 __all__ = ["BatchScheduler"]
 
@@ -128,7 +129,8 @@ class BatchScheduler:
         self._waiters[item_id] = _Waiter(request.inputs, tuple(output_names), now_ns, future)
         try:
             self._pump()
-            return await future
+            with tracing.span("batch", attributes={"edgefabric.rows": rows}):
+                return await future
         except asyncio.CancelledError:
             if self._core.cancel(item_id):
                 self._pump()
@@ -233,6 +235,9 @@ class BatchScheduler:
             self._finish(batch_id, dict.fromkeys(members, error), None)
             return
         self._stats.record_batch(timings, sum(row_counts), queue_ns)
+        if self._metrics is not None:
+            compute_ns = timings.input_ns + timings.infer_ns + timings.output_ns
+            self._metrics.observe_compute(self._model_name, self._version, compute_ns / 1e9)
         self._finish(
             batch_id, dict(zip(members, picked, strict=True)), self._clock_ns() - started_ns
         )

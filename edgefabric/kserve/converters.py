@@ -12,12 +12,14 @@ from tritonclient.grpc import service_pb2 as pb
 from edgefabric.errors import InvalidInputError, UnsupportedError
 from edgefabric.inference import InferenceRequest, InferenceResponse, ParameterValue, Tensors
 from edgefabric.kserve.datatypes import by_name
-from edgefabric.kserve.tensors import decode_raw, decode_typed, encode_raw
+from edgefabric.kserve.limits import DEFAULT_LIMITS, RequestLimits
+from edgefabric.kserve.tensors import decode_raw, decode_typed, element_count, encode_raw
 from edgefabric.models.repository import IndexEntry
 from edgefabric.models.signature import ModelSignature
 from edgefabric.stats import Duration, VersionStats
 
 __all__ = [
+    "check_limits",
     "index_to_proto",
     "metadata_to_proto",
     "parameters_from_proto",
@@ -29,10 +31,21 @@ __all__ = [
 _SHM_KEYS = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
 
 
+def _clip(value: object) -> str:
+    """``repr(value)`` for messages, cut after 64 characters: clients choose these strings."""
+    text = repr(value[:65] if isinstance(value, str) else value)
+    return text if len(text) <= 66 else text[:64] + "..."
+
+
+def _named(kind: str, name: str) -> str:
+    """``input 'x'``: a tensor or parameter name as error messages write it."""
+    return f"{kind} {_clip(name)}"
+
+
 def _parameter_value(name: str, param: pb.InferParameter) -> ParameterValue:
     kind = param.WhichOneof("parameter_choice")
     if kind is None:
-        raise InvalidInputError(f"parameter {name!r} has no value")
+        raise InvalidInputError(f"{_named('parameter', name)} has no value")
     value: ParameterValue = getattr(param, kind)
     return value
 
@@ -47,12 +60,38 @@ def _non_negative_int(params: dict[str, ParameterValue], key: str, unit: str) ->
     value = params.pop(key, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInputError(
-            f"parameter {key!r}: expected a non-negative integer ({unit}), got {value!r}"
+            f"parameter {key!r}: expected a non-negative integer ({unit}), got {_clip(value)}"
         )
     return value
 
 
-def _decode_inputs(msg: pb.ModelInferRequest) -> Tensors:
+def check_limits(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a request whose tensor counts or shapes exceed ``limits``, before decoding it.
+
+    Cheap (no tensor bytes are read), so it also guards requests that are forwarded whole.
+    """
+    for kind, count, limit, setting in (
+        ("inputs", len(msg.inputs), limits.max_inputs, "max_inputs"),
+        ("requested outputs", len(msg.outputs), limits.max_outputs, "max_outputs"),
+    ):
+        if count > limit:
+            raise InvalidInputError(
+                f"request has {count} {kind}, more than the {limit} this server accepts ({setting})"
+            )
+    bytes_elements = 0
+    for tensor in msg.inputs:
+        count = element_count(tensor.shape, what=_named("input", tensor.name), limits=limits)
+        if tensor.datatype == "BYTES":
+            bytes_elements += count
+    if bytes_elements > limits.max_bytes_elements:
+        raise InvalidInputError(
+            f"request has {bytes_elements} BYTES elements, more than the "
+            f"{limits.max_bytes_elements} this server accepts (max_bytes_elements); "
+            "send fewer strings per request"
+        )
+
+
+def _decode_inputs(msg: pb.ModelInferRequest, limits: RequestLimits) -> Tensors:
     raw_contents = msg.raw_input_contents
     if raw_contents and len(raw_contents) != len(msg.inputs):
         raise InvalidInputError(
@@ -61,7 +100,7 @@ def _decode_inputs(msg: pb.ModelInferRequest) -> Tensors:
         )
     inputs: Tensors = {}
     for index, tensor in enumerate(msg.inputs):
-        what = f"input {tensor.name!r}"
+        what = _named("input", tensor.name)
         if tensor.name in inputs:
             raise InvalidInputError(f"{what} appears twice in the request")
         if _SHM_KEYS & set(tensor.parameters.keys()):
@@ -73,14 +112,16 @@ def _decode_inputs(msg: pb.ModelInferRequest) -> Tensors:
                 raise InvalidInputError(
                     f"{what}: has both raw_input_contents and typed contents; send only one"
                 )
-            inputs[tensor.name] = decode_raw(raw_contents[index], datatype, tensor.shape, what=what)
+            inputs[tensor.name] = decode_raw(
+                raw_contents[index], datatype, tensor.shape, what=what, limits=limits
+            )
             continue
         if datatype.contents_field is None:
             raise InvalidInputError(
                 f"{what}: {datatype.name} travels only as raw_input_contents, not typed contents"
             )
         values = getattr(tensor.contents, datatype.contents_field)
-        inputs[tensor.name] = decode_typed(values, datatype, tensor.shape, what=what)
+        inputs[tensor.name] = decode_typed(values, datatype, tensor.shape, what=what, limits=limits)
     return inputs
 
 
@@ -88,28 +129,36 @@ def _requested_outputs(msg: pb.ModelInferRequest) -> tuple[str, ...]:
     names: list[str] = []
     for output in msg.outputs:
         if output.name in names:
-            raise InvalidInputError(f"output {output.name!r} is requested twice")
+            raise InvalidInputError(f"{_named('output', output.name)} is requested twice")
         params = parameters_from_proto(output.parameters)
         if params.get("classification", 0):
             raise UnsupportedError(
-                f"output {output.name!r}: classification outputs are not supported"
+                f"{_named('output', output.name)}: classification outputs are not supported"
             )
         if _SHM_KEYS & set(params):
-            raise UnsupportedError(f"output {output.name!r}: shared memory is not supported")
+            raise UnsupportedError(
+                f"{_named('output', output.name)}: shared memory is not supported"
+            )
         names.append(output.name)
     return tuple(names)
 
 
 def request_from_proto(
-    msg: pb.ModelInferRequest, *, now_s: float, time_remaining_s: float | None
+    msg: pb.ModelInferRequest,
+    *,
+    now_s: float,
+    time_remaining_s: float | None,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> InferenceRequest:
     """Decode and sanity-check a request (model-independent checks only).
 
     ``now_s`` is the current ``time.monotonic()``; ``time_remaining_s`` the client's gRPC
     deadline budget, if any. The request's deadline is the earlier of that and ``timeout``.
+    Requests over ``limits`` are refused before any tensor is decoded.
     """
     if not msg.model_name:
         raise InvalidInputError("model_name is empty; name the model to run")
+    check_limits(msg, limits)
     params = parameters_from_proto(msg.parameters)
     priority = _non_negative_int(params, "priority", "priority level, 0 = default")
     timeout_us = _non_negative_int(params, "timeout", "microseconds")
@@ -122,7 +171,7 @@ def request_from_proto(
         model_name=msg.model_name,
         model_version=msg.model_version,
         id=msg.id,
-        inputs=_decode_inputs(msg),
+        inputs=_decode_inputs(msg, limits),
         requested_outputs=_requested_outputs(msg),
         parameters=params,
         priority=priority,

@@ -23,6 +23,9 @@ from edgefabric.dataplane import DataPlane
 from edgefabric.errors import EdgefabricError, OverloadedError, UnsupportedError, grpc_status_for
 from edgefabric.kserve import converters
 from edgefabric.kserve.forwarding import Forwarder
+from edgefabric.kserve.limits import DEFAULT_LIMITS, RequestLimits
+from edgefabric.security.access import admitted, record_admin, require_model, visible
+from edgefabric.telemetry import tracing
 
 __all__ = ["InferenceServicer"]
 
@@ -35,7 +38,13 @@ Context = grpc.aio.ServicerContext[object, object]
 
 def _internal_message(exc: BaseException, rpc: str) -> str:
     correlation_id = uuid.uuid4().hex[:12]
-    log.error("%s failed (correlation id %s)", rpc, correlation_id, exc_info=exc)
+    log.error(
+        "%s failed (correlation id %s)",
+        rpc,
+        correlation_id,
+        exc_info=exc,
+        extra={"correlation_id": correlation_id},
+    )
     return f"internal error; correlation id {correlation_id}"
 
 
@@ -73,9 +82,25 @@ def guarded(
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """``inference.GRPCInferenceService`` over a :class:`DataPlane`."""
 
-    def __init__(self, data: DataPlane, forwarder: Forwarder | None = None) -> None:
+    def __init__(
+        self,
+        data: DataPlane,
+        forwarder: Forwarder | None = None,
+        *,
+        limits: RequestLimits = DEFAULT_LIMITS,
+        max_deadline_s: float | None = None,
+    ) -> None:
         self._data = data
         self._forwarder = forwarder
+        self._limits = limits
+        self._max_deadline_s = max_deadline_s
+
+    def _deadline(self, time_remaining_s: float | None) -> float | None:
+        """The client's remaining time, capped at ``max_deadline_s`` (none given: the cap)."""
+        cap = self._max_deadline_s
+        if cap is None:
+            return time_remaining_s
+        return cap if time_remaining_s is None else min(cap, time_remaining_s)
 
     def _forwarded(self, model: str) -> Forwarder | None:
         forwarder = self._forwarder
@@ -106,6 +131,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
+        require_model(request.name)
         if forwarder := self._forwarded(request.name):
             return pb.ModelReadyResponse(
                 ready=await forwarder.model_ready(request.name, request.version)
@@ -116,6 +142,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
+        require_model(request.name)
         if forwarder := self._forwarded(request.name):
             return await forwarder.metadata(request.name, request.version)
         served, version = self._data.resolve(request.name, request.version)
@@ -126,6 +153,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
+        require_model(request.name)
         if forwarder := self._forwarded(request.name):
             return pb.ModelConfigResponse(
                 config=await forwarder.config(request.name, request.version)
@@ -136,28 +164,45 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        return await self._infer(request, context.time_remaining())
+        with tracing.span(
+            "ModelInfer",
+            kind="server",
+            attributes={"edgefabric.model": request.model_name},
+            incoming=lambda: tracing.carrier_from_metadata(context.invocation_metadata()),
+        ):
+            return await self._infer(request, self._deadline(context.time_remaining()))
 
     async def _infer(
         self, request: pb.ModelInferRequest, time_remaining_s: float | None, *, stream: bool = False
     ) -> pb.ModelInferResponse:
-        if forwarder := self._forwarded(request.model_name):
-            return await forwarder.infer(request, time_remaining_s, stream=stream)
-        decoded = converters.request_from_proto(
-            request, now_s=time.monotonic(), time_remaining_s=time_remaining_s
-        )
-        return converters.response_to_proto(await self._data.infer(decoded))
+        with admitted(request.model_name):
+            if forwarder := self._forwarded(request.model_name):
+                converters.check_limits(request, self._limits)
+                return await forwarder.infer(request, time_remaining_s, stream=stream)
+            decoded = converters.request_from_proto(
+                request,
+                now_s=time.monotonic(),
+                time_remaining_s=time_remaining_s,
+                limits=self._limits,
+            )
+            return converters.response_to_proto(await self._data.infer(decoded))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests run concurrently; each answer (or error) is sent as soon as it is ready."""
+        """Requests run concurrently; each answer (or error) is sent as soon as it is ready.
+
+        At most ``max_stream_in_flight`` requests are being answered or waiting to be sent;
+        past that no further request is read, so a client that writes without reading is held
+        back by HTTP/2 flow control instead of growing the server's queues.
+        """
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self._limits.max_stream_in_flight)
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, None, stream=True)
+                response = await self._infer(request, self._deadline(None), stream=True)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:  # reported in-band; the stream goes on
                 message = (
@@ -176,6 +221,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
         async def read_requests() -> None:
             async for request in request_iterator:
+                await slots.acquire()  # released once its answer is sent
                 task = asyncio.create_task(answer(request))
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -186,6 +232,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             while (item := await answers.get()) is not None:
                 yield item
+                slots.release()
             await reader
         finally:
             reader.cancel()
@@ -196,7 +243,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
-        rows = self._data.statistics(request.name, request.version)
+        if request.name:
+            require_model(request.name)
+        rows = [
+            row for row in self._data.statistics(request.name, request.version) if visible(row[0])
+        ]
         return pb.ModelStatisticsResponse(
             model_stats=[converters.statistics_to_proto(*row) for row in rows]
         )
@@ -209,6 +260,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         if self._forwarder is not None:
             local = {entry.name for entry in index.models}
             index.models.extend(e for e in self._forwarder.index() if e.name not in local)
+        hidden = [entry for entry in index.models if not visible(entry.name)]
+        for entry in hidden:
+            index.models.remove(entry)
         return index
 
     @guarded
@@ -220,6 +274,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             raise UnsupportedError("loading models from uploaded files is not supported")
         config = params.get("config", "")
         await self._data.load_model(request.model_name, str(config))
+        await record_admin("gateway.model.load", request.model_name, {"config": bool(config)})
         return pb.RepositoryModelLoadResponse()
 
     @guarded
@@ -227,6 +282,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
         await self._data.unload_model(request.model_name)
+        await record_admin("gateway.model.unload", request.model_name, {})
         return pb.RepositoryModelUnloadResponse()
 
     async def _unsupported(self, request: object, context: Context) -> None:

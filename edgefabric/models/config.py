@@ -49,7 +49,8 @@ def parse_config(text: str, *, source: str) -> mc.ModelConfig:
     config = mc.ModelConfig()
     try:
         text_format.Parse(text, config)
-    except text_format.ParseError as exc:
+    except (text_format.ParseError, ValueError) as exc:
+        # protobuf raises a bare ValueError for an enum number out of range (found by fuzzing).
         raise ModelLoadError(f"{source}: invalid model config: {exc}") from None
     return config
 

@@ -37,6 +37,7 @@ from edgefabric.errors import (
     TransportError,
     UnsupportedError,
 )
+from edgefabric.telemetry import tracing
 
 __all__ = ["PoolState", "PoolStats", "RemoteKServePool", "RemoteModel"]
 
@@ -317,6 +318,23 @@ class RemoteKServePool:
         response = await self._rpc("ModelConfig", request, self._probe_timeout_s)
         return response.config
 
+    async def ready_versions(self, name: str) -> tuple[str, ...]:
+        """The versions of ``name`` the backend's repository index lists as ready, asked now."""
+        index = await self._rpc(
+            "RepositoryIndex", pb.RepositoryIndexRequest(ready=True), self._probe_timeout_s
+        )
+        found = {m.version for m in index.models if m.name == name and m.state.upper() == "READY"}
+        return tuple(sorted(found - {""}, key=lambda v: (len(v), v)))
+
+    async def load_model(self, name: str, config_json: str = "", timeout_s: float = 120.0) -> None:
+        """``RepositoryModelLoad``: (re)load ``name`` on the backend, with ``config_json``
+        overriding its configuration when given; returns once the backend has loaded it."""
+        request = pb.RepositoryModelLoadRequest(model_name=name)
+        if config_json:
+            request.parameters["config"].string_param = config_json
+        await self._rpc("RepositoryModelLoad", request, timeout_s)
+        await self._guarded_check()  # rediscover the model's versions now
+
     def _pick(self) -> _Connection:
         if self._state is not PoolState.RUNNING:
             if self._state is PoolState.NEW:
@@ -338,7 +356,9 @@ class RemoteKServePool:
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceededError(f"pool '{self.name}': no time left to send the request")
         try:
-            return await getattr(chosen.stub, method)(request, timeout=timeout_s)
+            return await getattr(chosen.stub, method)(
+                request, timeout=timeout_s, metadata=tracing.grpc_metadata()
+            )
         except grpc.aio.AioRpcError as exc:
             raise project_error(self.name, exc, connected=chosen.connected) from exc
         except grpc.aio.UsageError as exc:  # the channel was closed under the call

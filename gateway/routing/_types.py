@@ -37,6 +37,17 @@ def _check_target(what: str, target: str) -> None:
         )
 
 
+def _check_hedge(where: str, hedge: bool, quantile: float | None, after_ms: float | None) -> None:
+    if (quantile is not None or after_ms is not None) and not hedge:
+        raise ValueError(f"{where}: hedge_quantile and hedge_after_ms need hedge=True")
+    if quantile is not None and after_ms is not None:
+        raise ValueError(f"{where}: hedge after a quantile or after fixed ms, not both")
+    if quantile is not None and not 0 < quantile <= 1:
+        raise ValueError(f"{where}: hedge quantile must be in (0, 1], got {quantile}")
+    if after_ms is not None and not (math.isfinite(after_ms) and after_ms > 0):
+        raise ValueError(f"{where}: hedge delay must be > 0 ms, got {after_ms}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class PoolSnapshot:
     """One pool as the I/O layer reports it when a request is routed."""
@@ -77,8 +88,9 @@ class Route:
     weights (any positive numbers) splitting primaries between targets; targets without a
     weight are failovers only. ``shadow``: a target that gets a copy of each request; its
     answer is dropped. ``affinity_label``: the request parameter naming the client's site;
-    pools at that site go first. ``hedge``: send a second copy when the primary is slower
-    than its recent p95.
+    pools at that site go first. ``hedge``: send a second copy to the first failover when the
+    primary has not answered after its recent latency quantile (``hedge_quantile``, else the
+    policy's, p95 by default) or after a fixed ``hedge_after_ms``; never for streams.
     """
 
     model: str
@@ -87,9 +99,12 @@ class Route:
     shadow: str | None = None
     affinity_label: str | None = None
     hedge: bool = False
+    hedge_quantile: float | None = None
+    hedge_after_ms: float | None = None
 
     def __post_init__(self) -> None:
         where = f"route for {self.model!r}"
+        _check_hedge(where, self.hedge, self.hedge_quantile, self.hedge_after_ms)
         if not self.model:
             raise ValueError("route: the model name is empty")
         for target in (*self.pools, *self.weights, *([self.shadow] if self.shadow else [])):

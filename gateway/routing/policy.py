@@ -13,8 +13,8 @@ For one request:
    prediction (ties: the route's order, then the name).
 5. *Failovers*: the other fitting targets, site first then best predicted, other pools
    before other versions on the primary's pool. None for streams: a stream is not retried.
-6. *Hedge*: with ``route.hedge``, after the primary's recent p95, when the first failover
-   could still finish in time. Never for streams.
+6. *Hedge*: with ``route.hedge``, after the primary's recent p95 (the route's quantile, or
+   its fixed delay), when the first failover could still finish in time. Never for streams.
 
 Errors: :class:`ModelNotFoundError` when nothing serves the model,
 :class:`ModelNotReadyError` when everything that serves it is down, and
@@ -156,10 +156,12 @@ class RoutingPolicy:
         """Targets sitting out an ejection at ``now_s`` (half-open ones are back)."""
         return self._ejector.ejected(now_s)
 
-    def latency_quantile(self, pool: str) -> float | None:
-        """The target's ``hedge_quantile`` over its recent successes; ``None`` before any."""
+    def latency_quantile(self, pool: str, quantile: float | None = None) -> float | None:
+        """The target's ``quantile`` (default ``hedge_quantile``) over its recent successes;
+        ``None`` before any."""
         window = self._latencies.get(pool)
-        return None if window is None else window.quantile(self._hedge_quantile)
+        q = self._hedge_quantile if quantile is None else quantile
+        return None if window is None else window.quantile(q)
 
     # ------------------------------------------------------------------ internals
 
@@ -255,7 +257,11 @@ class RoutingPolicy:
     ) -> float | None:
         if route is None or not route.hedge or not fallbacks:
             return None
-        after = self.latency_quantile(primary)
+        after = (
+            route.hedge_after_ms / 1e3
+            if route.hedge_after_ms is not None
+            else self.latency_quantile(primary, route.hedge_quantile)
+        )
         if after is None or (remaining is not None and after + predicted[fallbacks[0]] > remaining):
             return None
         return after

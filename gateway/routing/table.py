@@ -2,13 +2,15 @@
 
 A TARGET is ``POOL`` or ``POOL@VERSION``. On the command line, one model per entry::
 
-    MODEL=TARGET[:WEIGHT][,TARGET[:WEIGHT]...][,*][;shadow=TARGET][;affinity=LABEL][;hedge]
+    MODEL=TARGET[:WEIGHT][,TARGET[:WEIGHT]...][,*][;shadow=TARGET][;affinity=LABEL][;hedge[=WHEN]]
 
 - ``mlp=local:0.9,edge-plant7:0.1;shadow=remote-triton;affinity=site``: 90% of mlp's
   requests to ``local``, 10% to ``edge-plant7`` (weights are relative), a copy of each to
   ``remote-triton``; requests whose ``site`` parameter names a pool's site go there first.
 - ``mlp=local@1:0.95,local@2:0.05``: a canary between two versions on one pool.
-- ``mlp=a,b;hedge``: only pools ``a`` and ``b``, best predicted first, with hedging.
+- ``mlp=a,b;hedge``: only pools ``a`` and ``b``, best predicted first, with hedging: a copy
+  goes to the other when the first has not answered after its recent p95. ``hedge=p99``
+  picks the quantile, ``hedge=20ms`` a fixed delay.
 - ``*`` adds every other pool that serves the model (each listed target then needs a
   weight); ``mlp=*;affinity=site`` changes nothing but the affinity.
 - Listed targets without a weight, next to weighted ones, take requests only as failovers.
@@ -20,7 +22,7 @@ In a file, one table per model under ``routes`` (quote keys holding ``@`` or ``.
     weights = { local = 0.9, edge-plant7 = 0.1 }
     shadow = "remote-triton"
     affinity = "site"
-    hedge = true
+    hedge = true                       # or "p99", or "20ms"
 
 JSON takes the same shape: ``{"routes": {"mlp": {"weights": {"local": 0.9, ...}}}}``.
 """
@@ -37,7 +39,11 @@ from gateway.routing._types import Route
 
 __all__ = ["format_route", "load_routes", "parse_route", "parse_routes", "routes_from_mapping"]
 
-SYNTAX = "MODEL=TARGET[:WEIGHT][,TARGET[:WEIGHT]...][,*][;shadow=TARGET][;affinity=LABEL][;hedge]"
+SYNTAX = (
+    "MODEL=TARGET[:WEIGHT][,TARGET[:WEIGHT]...][,*][;shadow=TARGET][;affinity=LABEL]"
+    "[;hedge[=pQUANTILE|=MSms]]"
+)
+HEDGE_SYNTAX = "hedge, hedge=pNN (a latency percentile, e.g. p95) or hedge=NNms (fixed delay)"
 _FILE_KEYS = ("pools", "weights", "shadow", "affinity", "hedge")
 
 
@@ -63,7 +69,17 @@ def parse_route(text: str) -> Route:
     if anywhere and len(weights) != len(pools):
         raise ValueError(f"route {text!r}: next to '*', every listed target needs a :WEIGHT")
     shadow, affinity, hedge = _options(text, options)
-    return Route(model, () if anywhere else tuple(pools), weights, shadow, affinity, hedge)
+    quantile, after_ms = _hedge(f"route {text!r}", hedge)
+    return Route(
+        model,
+        () if anywhere else tuple(pools),
+        weights,
+        shadow,
+        affinity,
+        hedge is not None,
+        quantile,
+        after_ms,
+    )
 
 
 def parse_routes(entries: Iterable[str]) -> dict[str, Route]:
@@ -85,7 +101,11 @@ def format_route(route: Route) -> str:
         parts.append(f"shadow={route.shadow}")
     if route.affinity_label is not None:
         parts.append(f"affinity={route.affinity_label}")
-    if route.hedge:
+    if route.hedge_quantile is not None:
+        parts.append(f"hedge=p{route.hedge_quantile * 100:g}")
+    elif route.hedge_after_ms is not None:
+        parts.append(f"hedge={route.hedge_after_ms:g}ms")
+    elif route.hedge:
         parts.append("hedge")
     return ";".join(parts)
 
@@ -113,20 +133,43 @@ def load_routes(path: Path) -> dict[str, Route]:
     return routes_from_mapping(routes)
 
 
-def _options(text: str, options: list[str]) -> tuple[str | None, str | None, bool]:
+def _options(text: str, options: list[str]) -> tuple[str | None, str | None, str | None]:
+    """shadow, affinity, and the hedge's value (``""`` for a bare ``hedge``, ``None``: off)."""
     found: dict[str, str] = {}
     for option in options:
         key, sep, value = (part.strip() for part in option.partition("="))
         if key in found:
             raise ValueError(f"route {text!r}: option {key!r} is given twice")
-        if (key in ("shadow", "affinity") and value) or (key == "hedge" and not sep):
+        if (key in ("shadow", "affinity") and value) or (key == "hedge" and (value or not sep)):
             found[key] = value
         else:
             raise ValueError(
                 f"route {text!r}: option {option!r} is not one of shadow=TARGET, "
-                "affinity=LABEL, hedge"
+                f"affinity=LABEL, {HEDGE_SYNTAX}"
             )
-    return found.get("shadow"), found.get("affinity"), "hedge" in found
+    return found.get("shadow"), found.get("affinity"), found.get("hedge")
+
+
+def _hedge(where: str, value: str | None) -> tuple[float | None, float | None]:
+    """``(quantile, after_ms)`` of a hedge option's value; both ``None`` for a bare ``hedge``."""
+    if not value:
+        return None, None
+    text = value.strip().lower()
+    try:
+        if text.startswith("p"):
+            quantile = float(text[1:]) / 100
+            if math.isfinite(quantile) and 0 < quantile <= 1:
+                return quantile, None
+        elif text.endswith("ms"):
+            after_ms = float(text[:-2])
+            if math.isfinite(after_ms) and after_ms > 0:
+                return None, after_ms
+    except ValueError:
+        pass
+    raise ValueError(
+        f"{where}: hedge {value!r} is not understood; expected {HEDGE_SYNTAX}, "
+        "with a percentile in (0, 100] or a delay above 0 ms"
+    )
 
 
 def _weight(where: str, target: str, value: object) -> float:
@@ -158,15 +201,18 @@ def _route_from_options(model: str, options: object) -> Route:
     if not isinstance(weights, dict):
         raise ValueError(f"{where}: 'weights' must be a table of target -> weight")
     hedge = options.get("hedge", False)
-    if not isinstance(hedge, bool):
-        raise ValueError(f"{where}: 'hedge' must be true or false, got {hedge!r}")
+    if not isinstance(hedge, bool | str):
+        raise ValueError(f'{where}: \'hedge\' must be true, false, "pNN" or "NNms", got {hedge!r}')
+    quantile, after_ms = _hedge(where, hedge) if isinstance(hedge, str) else (None, None)
     return Route(
         model,
         tuple(pools),
         {str(t): _weight(where, str(t), w) for t, w in weights.items()},
         _optional_str(where, options, "shadow"),
         _optional_str(where, options, "affinity"),
-        hedge,
+        hedge is not False,
+        quantile,
+        after_ms,
     )
 
 

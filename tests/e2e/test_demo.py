@@ -23,11 +23,20 @@ def test_demo_runs_the_fabric_and_calls_it():
     assert "text: [b'EDGE', b'FABRIC']" in done.stdout
     assert "INVALID_ARGUMENT input 'x'" in done.stdout
     assert "gateway drained and exited with code 0" in done.stdout
-    assert "camera-1: serving mlp:2" in done.stdout
-    assert "camera-2 answers with version 1" in done.stdout
-    assert "camera-1 answers with version 2" in done.stdout
-    assert "audit log intact" in done.stdout
-    assert "fleet stopped cleanly" in done.stdout
+    out = done.stdout
+    assert "rollout of mlp:1 in stages 50%,100%: COMPLETED" in out
+    assert "rollout of mlp:2 in stages 50%,100%: COMPLETED" in out
+    assert "device-1 serves mlp:2" in out
+    assert "device-2 serves mlp:2" in out
+    # requests through the gateway land on its own session and on the agents (MQTT relay)
+    answered = [line for line in out.splitlines() if "200 answered: per pool" in line]
+    assert len(answered) == 2, out
+    assert all("edge " in line and "local " in line for line in answered), answered
+    assert "v2 " in answered[1]
+    assert "errors:" not in out
+    assert "audit log intact" in out
+    assert "exit codes: gateway 0, device-1 0, device-2 0" in out
+    assert "fabric stopped cleanly" in out
 
 
 def test_cli_refuses_a_missing_repository_clearly(tmp_path):

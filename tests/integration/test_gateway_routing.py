@@ -52,6 +52,10 @@ def test_remote_models_are_served_next_to_local_ones(
         expected = _infer(triton.InferenceServerClient(backend.address), "far")
         np.testing.assert_array_equal(_infer(client, "far"), expected)
         assert _infer(client, "near").shape == (2, 8)
+        tensor = triton.InferInput("x", [2, 16], "FP32")
+        tensor.set_data_from_numpy(np.ones((2, 16), np.float32))
+        answered = client.infer("far", [tensor]).get_response().parameters
+        assert answered["edgefabric.pool"].string_param == "edge"  # who answered a routed call
         with pytest.raises(InferenceServerException, match="nowhere"):
             _infer(client, "nowhere")
 

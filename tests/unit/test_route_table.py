@@ -41,6 +41,36 @@ def test_versions_hedging_failover_only_targets_and_any_pool() -> None:
     assert parse_route("mlp=*;affinity=site") == Route("mlp", affinity_label="site")
 
 
+def test_hedging_after_a_percentile_or_a_fixed_delay() -> None:
+    assert parse_route("mlp=a,b;hedge=p99") == Route(
+        "mlp", ("a", "b"), hedge=True, hedge_quantile=0.99
+    )
+    assert parse_route("mlp=a,b;hedge=P99.9").hedge_quantile == pytest.approx(0.999)
+    assert parse_route("mlp=a,b;hedge=20ms") == Route(
+        "mlp", ("a", "b"), hedge=True, hedge_after_ms=20
+    )
+    assert parse_route("mlp=a,b;hedge=0.5ms").hedge_after_ms == 0.5
+    assert routes_from_mapping({"mlp": {"hedge": "15ms"}})["mlp"].hedge_after_ms == 15
+    assert routes_from_mapping({"mlp": {"hedge": "p90"}})["mlp"].hedge_quantile == 0.9
+    assert not routes_from_mapping({"mlp": {"hedge": False}})["mlp"].hedge
+    for text in ("mlp=a,b;hedge=p99", "mlp=a,b;hedge=20ms", "mlp=a,b;hedge=0.25ms"):
+        assert format_route(parse_route(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"hedge_quantile": 0.9}, "need hedge=True"),
+        ({"hedge": True, "hedge_quantile": 0.9, "hedge_after_ms": 5}, "not both"),
+        ({"hedge": True, "hedge_quantile": 1.5}, r"must be in \(0, 1\], got 1.5"),
+        ({"hedge": True, "hedge_after_ms": 0}, "must be > 0 ms, got 0"),
+    ],
+)
+def test_a_route_refuses_inconsistent_hedge_fields(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Route("mlp", **fields)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -58,7 +88,13 @@ def test_versions_hedging_failover_only_targets_and_any_pool() -> None:
         ("mlp=a@", "expected POOL or POOL@VERSION"),
         ("mlp=a,*", "every listed target needs a :WEIGHT"),
         ("mlp=a;colour=blue", "not one of shadow=TARGET, affinity=LABEL, hedge"),
-        ("mlp=a;hedge=yes", "not one of shadow=TARGET"),
+        ("mlp=a;hedge=yes", r"hedge 'yes' is not understood; expected hedge, hedge=pNN"),
+        ("mlp=a;hedge=p0", r"percentile in \(0, 100\]"),
+        ("mlp=a;hedge=p101", "hedge 'p101' is not understood"),
+        ("mlp=a;hedge=-5ms", "a delay above 0 ms"),
+        ("mlp=a;hedge=infms", "hedge 'infms' is not understood"),
+        ("mlp=a;hedge=20", "hedge '20' is not understood"),
+        ("mlp=a;hedge=", "not one of shadow=TARGET, affinity=LABEL, hedge"),
         ("mlp=a;shadow=", "not one of shadow=TARGET"),
         ("mlp=a;shadow=b;shadow=c", "option 'shadow' is given twice"),
         ("mlp=a,b;shadow=b", "shadow 'b' also serves"),
@@ -158,7 +194,8 @@ def test_a_json_file_takes_the_same_shape(tmp_path: Path) -> None:
         ({"weights": {"a": "lots"}}, "weight 'lots' of 'a' is not a number"),
         ({"weights": {"a": True}}, "weight of 'a' must be a number"),
         ({"shadow": 3}, "'shadow' must be a string"),
-        ({"hedge": "yes"}, "'hedge' must be true or false"),
+        ({"hedge": "yes"}, "hedge 'yes' is not understood"),
+        ({"hedge": 20}, '\'hedge\' must be true, false, "pNN" or "NNms", got 20'),
         ("a,b", "expected a table of pools, weights"),
     ],
 )

@@ -316,6 +316,33 @@ def test_no_hedge_without_samples_a_second_pool_or_time_for_it() -> None:
     assert choose(policy, [pool("a"), pool("b", 2)], route, deadline_ms=6.5).hedge_after_s == 0.004
 
 
+def test_a_fixed_hedge_delay_needs_no_samples_and_a_route_quantile_overrides_p95() -> None:
+    policy = RoutingPolicy()
+    pools = [pool("a", 1), pool("b", 2)]
+    fixed = Route("mlp", hedge=True, hedge_after_ms=20)
+    assert choose(policy, pools, fixed).hedge_after_s == pytest.approx(0.020)
+    assert choose(policy, pools, fixed, deadline_ms=21).hedge_after_s is None  # 20 + b's 2 ms
+    for ms in range(1, 101):
+        policy.record("a", ok=True, latency_s=ms * MS, now_s=T0 + ms, retryable=False)
+    p50 = Route("mlp", hedge=True, hedge_quantile=0.5)
+    assert choose(policy, pools, p50, now_s=T0 + 200).hedge_after_s == pytest.approx(0.050)
+    assert choose(policy, pools, Route("mlp", hedge=True)).hedge_after_s == pytest.approx(0.095)
+
+
+def test_the_hedge_delay_follows_each_targets_own_recent_latencies() -> None:
+    policy = RoutingPolicy(latency_window=10)
+    route = Route("mlp", ("a", "b"), hedge=True)
+    pools = [pool("a", 1), pool("b", 2)]
+    for _ in range(10):
+        policy.record("a", ok=True, latency_s=0.010, now_s=T0, retryable=False)
+        policy.record("b", ok=True, latency_s=0.500, now_s=T0, retryable=False)
+    assert choose(policy, pools, route).hedge_after_s == pytest.approx(0.010)
+    for _ in range(10):  # a slows down: its delay follows, b's samples do not matter
+        policy.record("a", ok=True, latency_s=0.030, now_s=T0 + 1, retryable=False)
+    assert choose(policy, pools, route, now_s=T0 + 2).hedge_after_s == pytest.approx(0.030)
+    assert choose(policy, pools, route, stream=True).hedge_after_s is None
+
+
 def test_the_latency_window_forgets_old_samples() -> None:
     policy = RoutingPolicy(latency_window=4, hedge_quantile=1.0)
     for latency in (0.5, 0.001, 0.002, 0.003, 0.004):

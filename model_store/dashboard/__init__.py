@@ -1,0 +1,18 @@
+"""The fleet dashboard: a read-only web page served by ``edgefabric store serve --http-port``.
+
+:mod:`.history` remembers the fleet's recent reports (charts, timeline), :mod:`.views` turns
+the store's objects into JSON, :mod:`.server` serves the page in ``static/`` and the API.
+"""
+
+from model_store.dashboard.history import EDGE_POOL, FleetHistory, TimelineEvent
+from model_store.dashboard.server import Authorize, DashboardData, DashboardServer, allow_all
+
+__all__ = [
+    "EDGE_POOL",
+    "Authorize",
+    "DashboardData",
+    "DashboardServer",
+    "FleetHistory",
+    "TimelineEvent",
+    "allow_all",
+]
