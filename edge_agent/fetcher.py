@@ -6,7 +6,8 @@ file whose name starts with its sha256 never changes, so its bytes are appended 
 ``<partial_dir>/<hash>.part`` as they arrive: after a dropped broker, a store restart or the
 agent being killed, the next attempt sends the bytes already on disk and asks the store only
 for the rest. ngclient checks length and hash of the whole file as always; a file that fails is
-removed by :meth:`MqttFetcher.discard`.
+removed by :meth:`MqttFetcher.discard`. A kept file longer than the store's (the store answers
+BAD_REQUEST for an offset past the end) is discarded and the download starts again from 0.
 
 Each chunk is handed to the kernel at once (it survives the agent being killed); ``fsync`` runs
 every ``SYNC_EVERY_BYTES`` and at the end, which costs a power cut at most that much
@@ -26,7 +27,7 @@ from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface  # type: ignore[attr-defined]
 
 from edgefabric.errors import TransportError
-from edgefabric.repo_client import RepoClient
+from edgefabric.repo_client import RepoClient, RepoResponse
 
 __all__ = ["METADATA_BASE_URL", "TARGETS_BASE_URL", "MqttFetcher"]
 
@@ -84,7 +85,19 @@ class MqttFetcher(FetcherInterface):
         partial = self.partial_path(url)
         have = partial.stat().st_size if partial and partial.exists() else 0
         try:
-            opened = self._client.open_stream(path, have)
+            try:
+                opened = self._client.open_stream(path, have)
+            except TransportError:
+                if not have or not self._past_the_end(path, have):
+                    raise
+                log.warning(
+                    "%s: the %d bytes kept in %s are more than the file holds; discarding them "
+                    "and fetching it from byte 0",
+                    path,
+                    have,
+                    partial,
+                )
+                opened = None
             if opened is None and have:  # the store lost it, or the partial file is bogus
                 self.discard(url)
                 have, opened = 0, self._client.open_stream(path, 0)
@@ -94,6 +107,14 @@ class MqttFetcher(FetcherInterface):
             raise DownloadHTTPError(f"{path}: the repository has no such file", 404)
         _total, chunks = opened
         return self._stream(path, partial, have, chunks)
+
+    def _past_the_end(self, path: str, offset: int) -> bool:
+        """Whether the store refuses ``offset`` as a bad request (past the end of ``path``)."""
+        try:
+            answer = self._client.fetch(path, offset, max_length=1)
+        except TransportError:
+            return False
+        return answer.status == RepoResponse.BAD_REQUEST
 
     def _stream(
         self, path: str, partial: Path | None, offset: int, chunks: Iterator[bytes]

@@ -8,8 +8,9 @@ gRPC server uses, with no gRPC hop. It
   and hands the rest of the deadline to the data plane, which drops it while queued;
 - bounds the relayed requests in progress: past ``max_in_flight`` it answers RESOURCE_EXHAUSTED
   at once instead of queueing;
-- answers only on ``ef/v1/relay/resp/{client}`` topics, so a forged response topic cannot make
-  the device publish onto another device's (or its own) fleet topics;
+- answers only on ``ef/v1/relay/resp/{client}/{device}`` topics naming this device, so a forged
+  response topic cannot make the device publish onto another device's answers or onto fleet
+  topics (its own status included), and the broker ACL can confine each device to its own;
 - answers every malformed request with INVALID_ARGUMENT and keeps serving.
 
 Messages arrive on paho's thread and are handed to the event loop at once.
@@ -75,6 +76,7 @@ class InferRelay:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.topic = topics.device_infer(device_id)
+        self.device_id = device_id
         self.counters = RelayCounters()
         self._data = data
         self._max_in_flight = max_in_flight
@@ -129,12 +131,14 @@ class InferRelay:
                 message.topic,
             )
             return
-        if topics.relay_response_client(message.response_topic) is None:
+        parsed = topics.parse_relay_response(message.response_topic)
+        if parsed is None or parsed[1] != self.device_id:
             self.counters.unanswerable += 1
             log.warning(
-                "relay: refused to answer on %r; answers go only to %s/relay/resp/{client}",
+                "relay: refused to answer on %r; answers go only to %s/relay/resp/{client}/%s",
                 message.response_topic,
                 topics.PREFIX,
+                self.device_id,
             )
             return
         if self._closing or not self._data.ready():

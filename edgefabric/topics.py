@@ -5,12 +5,16 @@
     ef/v1/dev/{device}/desired   retained, signed desired state (rollout controller only)
     ef/v1/dev/{device}/events    reconcile progress and failures
     ef/v1/dev/{device}/infer     KServe v2 requests relayed to the device (MQTT 5 request/response)
-    ef/v1/relay/resp/{client}    their answers, to the relaying client (a gateway's edge pool)
+    ef/v1/relay/resp/{client}/{device}
+                                 their answers, to the relaying client (a gateway's edge pool),
+                                 one topic per answering device (ACL: a device writes its own)
     ef/v1/repo/req/{client}      TUF repository requests (MQTT 5 response topic + correlation)
     ef/v1/repo/resp/{client}     their answers
 
-``{device}`` and ``{client}`` are one topic level each: the MQTT client id, so broker ACLs can
-match them with ``%c``.
+``{device}`` and ``{client}`` are one topic level each. A device's id is its MQTT client id and
+its certificate's CN, so broker ACLs match it with ``%u`` (docs/adr/0015); a relaying gateway's
+``{client}`` is its certificate's CN when it has one (the name its ACL entry grants), else its
+client id.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ __all__ = [
     "device_infer",
     "device_status",
     "parse_device_topic",
+    "parse_relay_response",
     "relay_response",
-    "relay_response_client",
+    "relay_responses",
     "repo_request",
     "repo_request_client",
     "repo_response",
@@ -87,17 +92,25 @@ def device_infer(device: str) -> str:
     return f"{PREFIX}/dev/{_level('device id', device)}/infer"
 
 
-def relay_response(client_id: str) -> str:
-    """Where ``client_id`` receives the answers to the inference requests it relays."""
-    return _RELAY_RESPONSE + _level("client id", client_id)
+def relay_response(client_id: str, device: str) -> str:
+    """Where ``device`` answers the inference requests ``client_id`` relays to it."""
+    return f"{_RELAY_RESPONSE}{_level('client id', client_id)}/{_level('device id', device)}"
 
 
-def relay_response_client(topic: str) -> str | None:
-    """The client id in a relay response topic, or None if ``topic`` is not one."""
+def relay_responses(client_id: str) -> str:
+    """The filter matching every device's answers to ``client_id``."""
+    return f"{_RELAY_RESPONSE}{_level('client id', client_id)}/+"
+
+
+def parse_relay_response(topic: str) -> tuple[str, str] | None:
+    """``(client id, device)`` of a relay response topic, or None if ``topic`` is not one."""
     if not topic.startswith(_RELAY_RESPONSE):
         return None
+    client_id, sep, device = topic[len(_RELAY_RESPONSE) :].partition("/")
+    if not sep:
+        return None
     try:
-        return _level("client id", topic[len(_RELAY_RESPONSE) :])
+        return _level("client id", client_id), _level("device id", device)
     except ValueError:
         return None
 

@@ -173,10 +173,16 @@ def _build_router(settings: GatewaySettings, data: DataPlane) -> Router | None:
     if not settings.pools and not settings.routes:
         return None
     pools: dict[str, Pool] = {}
+    mqtt_tls = settings.mqtt_tls()
     for item in settings.pools:
         name, _, target = item.partition("=")
-        if target.startswith("mqtt://"):
-            pools[name] = EdgePool(name, target, max_message_bytes=settings.max_message_bytes)
+        if target.startswith(("mqtt://", "mqtts://")):
+            pools[name] = EdgePool(
+                name,
+                target,
+                max_message_bytes=settings.max_message_bytes,
+                tls=mqtt_tls if target.startswith("mqtts://") else None,
+            )
             continue
         pools[name] = RemoteKServePool(
             name, target.removeprefix("grpc://"), max_message_bytes=settings.max_message_bytes

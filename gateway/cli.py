@@ -39,9 +39,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--pool",
         dest="pools",
         action="append",
-        help="pool NAME=grpc://HOST:PORT (a KServe v2 server) or NAME=mqtt://HOST:PORT (edge "
+        help="pool NAME=grpc://HOST:PORT (a KServe v2 server) or NAME=mqtt[s]://HOST:PORT (edge "
         "agents behind that broker, by relay); repeatable",
     )
+    serve.add_argument("--mqtt-ca", type=Path, help="CA certificate of the mqtts:// broker (PEM)")
+    serve.add_argument(
+        "--mqtt-cert", type=Path, help="the gateway's MQTT client certificate (PEM, role gateway)"
+    )
+    serve.add_argument("--mqtt-key", type=Path, help="the MQTT client certificate's key (PEM)")
     serve.add_argument(
         "--route", dest="routes", action="append", help="route table entry (repeatable)"
     )

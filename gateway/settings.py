@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefabric.kserve.limits import RequestLimits
-from edgefabric.mqtt import BrokerAddress
+from edgefabric.mqtt import BrokerAddress, MqttTls
 from edgefabric.security.tls import ServerTls, check_exposure, is_loopback
 
 __all__ = ["GatewaySettings"]
@@ -91,8 +91,21 @@ class GatewaySettings(BaseSettings):
     pools: tuple[str, ...] = Field(
         (),
         description="Pools as NAME=grpc://HOST:PORT (a remote KServe v2 server: Triton, MLServer, "
-        "another gateway) or NAME=mqtt://HOST:PORT (edge agents behind that MQTT broker, reached "
-        "by relay); their models are served next to the local ones.",
+        "another gateway) or NAME=mqtt://HOST:PORT / NAME=mqtts://HOST:PORT (edge agents behind "
+        "that MQTT broker, reached by relay); their models are served next to the local ones.",
+    )
+    mqtt_ca: Path | None = Field(
+        None,
+        description="CA certificate (PEM) of the mqtts:// pools' broker (`edgefabric fleet "
+        "enroll` writes it as ca.pem); default: the system's CAs.",
+    )
+    mqtt_cert: Path | None = Field(
+        None,
+        description="The gateway's MQTT client certificate (PEM) for mqtts:// pools, from "
+        "`edgefabric fleet enroll NAME --role gateway`; its CN names the answer topics.",
+    )
+    mqtt_key: Path | None = Field(
+        None, description="The MQTT client certificate's private key (PEM, keep it mode 0600)."
     )
     routes: tuple[str, ...] = Field(
         (), description="Route table entries (see gateway/routing/table.py for the syntax)."
@@ -142,6 +155,12 @@ class GatewaySettings(BaseSettings):
         "this one; 0: no cap.",
     )
 
+    def mqtt_tls(self) -> MqttTls | None:
+        """TLS for the ``mqtts://`` pools (``None``: none of the files given)."""
+        if self.mqtt_ca is None and self.mqtt_cert is None and self.mqtt_key is None:
+            return None
+        return MqttTls(self.mqtt_ca, self.mqtt_cert, self.mqtt_key)
+
     def server_tls(self) -> ServerTls | None:
         """The TLS configuration, read from the PEM files (``None``: plaintext)."""
         if self.tls_cert is None or self.tls_key is None:
@@ -160,6 +179,7 @@ class GatewaySettings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
         self.server_tls()  # refuses unreadable or mismatched PEM files now
+        self._check_mqtt_tls()
         check_exposure(self.grpc_address, tls=self.tls_cert is not None, insecure=self.insecure)
         if self.auth == "none" and not self.allow_anonymous and not is_loopback(self.grpc_address):
             raise ValueError(
@@ -169,6 +189,22 @@ class GatewaySettings(BaseSettings):
                 "--allow-anonymous"
             )
         return self
+
+    def _check_mqtt_tls(self) -> None:
+        tls = self.mqtt_tls()
+        if tls is None:
+            return
+        named = [f"--{n.replace('_', '-')}" for n in ("mqtt_ca", "mqtt_cert", "mqtt_key")]
+        if not any(item.partition("=")[2].startswith("mqtts://") for item in self.pools):
+            raise ValueError(
+                f"{'/'.join(named)} are for mqtts:// pools, and no pool is one (pools: "
+                f"{', '.join(self.pools) or 'none'}); give --pool NAME=mqtts://HOST:PORT"
+            )
+        tls.context()  # unreadable, missing or mismatched files are reported now
+        if tls.cert_file is not None:
+            from gateway.pools.edge import certificate_name  # noqa: PLC0415  (loaded when used)
+
+            certificate_name(tls.cert_file)
 
     def request_limits(self) -> RequestLimits:
         """The decoding limits these settings set for every inference request."""
@@ -187,13 +223,13 @@ class GatewaySettings(BaseSettings):
     def _pools_are_named_targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
             name, sep, target = item.partition("=")
-            scheme_ok = target.startswith(("grpc://", "mqtt://"))
+            scheme_ok = target.startswith(("grpc://", "mqtt://", "mqtts://"))
             if not sep or not name or not scheme_ok or name == "local":
                 raise ValueError(
-                    f"pool {item!r}: expected NAME=grpc://HOST:PORT or NAME=mqtt://HOST:PORT "
-                    "(NAME other than 'local'; mqtts:// is not offered yet)"
+                    f"pool {item!r}: expected NAME=grpc://HOST:PORT, NAME=mqtt://HOST:PORT or "
+                    "NAME=mqtts://HOST:PORT (NAME other than 'local')"
                 )
-            if target.startswith("mqtt://"):
+            if target.startswith(("mqtt://", "mqtts://")):
                 BrokerAddress.parse(target)  # ValueError says what is wrong with the address
         return value
 

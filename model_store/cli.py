@@ -318,19 +318,27 @@ def _store_serve(store: ModelStore, args: argparse.Namespace) -> int:
     from edgefabric.mqtt import BrokerAddress  # noqa: PLC0415  (paho only where it is used)
     from model_store.serve import StoreServer, StoreServerOptions  # noqa: PLC0415
 
-    options = StoreServerOptions(
-        broker=BrokerAddress.parse(args.broker),
-        client_id=args.client_id,
-        chunk_size=args.chunk_size,
-        refresh_interval_s=args.refresh_interval_s,
-        tls=mqtt_tls_from(args),
-        http_port=args.http_port,
-        http_address=args.http_address,
-        metrics_address=args.metrics_address,
-        metrics_port=args.metrics_port,
-    )
     try:
+        options = StoreServerOptions(
+            broker=BrokerAddress.parse(args.broker),
+            client_id=args.client_id,
+            chunk_size=args.chunk_size,
+            refresh_interval_s=args.refresh_interval_s,
+            tls=mqtt_tls_from(args),
+            http_port=args.http_port,
+            http_address=args.http_address,
+            http_auth=args.auth,
+            http_tls_cert=args.tls_cert,
+            http_tls_key=args.tls_key,
+            http_tls_client_ca=args.tls_client_ca,
+            http_insecure=args.insecure,
+            metrics_address=args.metrics_address,
+            metrics_port=args.metrics_port,
+        )
         StoreServer(store, options).run()
+    except ValueError as exc:  # the dashboard's exposure or TLS files
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. the dashboard's port is taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -363,6 +371,25 @@ def _register_store(
     )
     serve.add_argument(
         "--http-address", default="127.0.0.1", help="the dashboard's address (default loopback)"
+    )
+    dashboard = serve.add_argument_group(
+        "dashboard security (without --auth required it stays on loopback)"
+    )
+    dashboard.add_argument(
+        "--auth",
+        choices=("none", "required"),
+        default="none",
+        help="required: the dashboard's API takes admin bearer tokens from the home's token file",
+    )
+    dashboard.add_argument("--tls-cert", type=Path, help="serve the dashboard over HTTPS (PEM)")
+    dashboard.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    dashboard.add_argument(
+        "--tls-client-ca", type=Path, help="require client certificates signed by this CA"
+    )
+    dashboard.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a dashboard reachable from the network without auth or without TLS",
     )
     serve.set_defaults(handler=_run(_store_serve))
 

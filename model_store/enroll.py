@@ -5,10 +5,11 @@ The broker takes the client certificate's Common Name as the username
 
 * a **device** (``pattern`` lines, ``%u`` = its id) reads only its own desired state, inference
   requests and repository answers, and writes only its own status, health, events, repository
-  requests, and answers to relayed inference requests;
+  requests, and answers to relayed inference requests (``ef/v1/relay/resp/+/{itself}``);
 * a **controller** (the store's serving process, ``fleet assign``) reads all of ``ef/v1/`` and
   writes desired state, rollout progress and repository answers;
-* a **gateway** relays inference requests to devices and reads their answers and reports.
+* a **gateway** relays inference requests to devices and reads their answers (on topics under
+  its own name) and their reports.
 
 Devices need no ACL change when they enroll (the patterns cover every name); controller and
 gateway identities are listed by name, so regenerate the broker configuration after enrolling
@@ -55,9 +56,8 @@ _DEVICE_RULES = (
     ("write", f"{P}/dev/%u/health"),
     ("write", f"{P}/dev/%u/events"),
     ("write", f"{P}/repo/req/%u"),
-    # Answers go to the relaying gateway's topic, which names the gateway, not the device: a
-    # device may answer any gateway (requests carry random correlation data).
-    ("write", f"{P}/relay/resp/+"),
+    # Answers to relayed inference: any gateway, but only on the topic naming this device.
+    ("write", f"{P}/relay/resp/+/%u"),
 )
 _CONTROLLER_RULES = (
     ("read", f"{P}/#"),
@@ -72,7 +72,7 @@ def _gateway_rules(name: str) -> tuple[tuple[str, str], ...]:
         ("write", f"{P}/dev/+/infer"),
         ("read", f"{P}/dev/+/status"),
         ("read", f"{P}/dev/+/health"),
-        ("read", f"{P}/relay/resp/{name}"),
+        ("read", f"{P}/relay/resp/{name}/+"),
     )
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from edgefabric import topics
 from edgefabric.errors import EdgefabricError, TransportError
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient
+from model_store.enroll import add_mqtt_tls_arguments, mqtt_tls_from
 from model_store.fleet_db import FleetDatabase, fleet_database_path
 from model_store.fleet_records import (
     DeviceRecord,
@@ -326,8 +327,9 @@ def register_fleet_status(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     status.add_argument(
         "--broker",
-        help="mqtt://HOST:PORT: also listen to the devices live, not only the saved table",
+        help="mqtt[s]://HOST:PORT: also listen to the devices live, not only the saved table",
     )
+    add_mqtt_tls_arguments(status)
     status.add_argument(
         "--listen-s", type=float, default=1.0, help="with --broker: listen this long first"
     )
@@ -339,6 +341,13 @@ def _status(args: argparse.Namespace) -> int:
         selector = parse_selector(args.selector)
     except ValueError as error:
         print(f"error: --selector: {error}", file=sys.stderr)
+        return 2
+    if not args.broker and (args.mqtt_ca or args.mqtt_cert or args.mqtt_key):
+        print(
+            "error: --mqtt-ca/--mqtt-cert/--mqtt-key are for listening live: give "
+            "--broker mqtts://HOST:PORT too",
+            file=sys.stderr,
+        )
         return 2
     path = fleet_database_path(StoreHome.from_env(args.home))
     try:
@@ -359,7 +368,7 @@ def _status(args: argparse.Namespace) -> int:
 def _status_live(args: argparse.Namespace, path: Path, selector: Mapping[str, str]) -> int:
     client_id = f"edgefabric-status-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     with (
-        MqttClient(BrokerAddress.parse(args.broker), client_id) as mqtt,
+        MqttClient(BrokerAddress.parse(args.broker), client_id, tls=mqtt_tls_from(args)) as mqtt,
         FleetView(mqtt, path if path.exists() else None, readonly=True) as view,
     ):
         time.sleep(args.listen_s)  # listening: the broker replays every retained status

@@ -2,6 +2,9 @@
 
 The process keeps the online role fresh: it re-signs the timestamp (and anything else about
 to expire) before devices would see it expire, checking every ``refresh_interval_s``.
+
+The dashboard's exposure is checked when the options are made: without ``http_auth`` it stays
+on loopback, and tokens are not taken in plaintext from the network, unless ``http_insecure``.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ import signal
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 from edgefabric.mqtt import BrokerAddress, MqttClient, MqttTls
+from edgefabric.security.tls import https_context
+from edgefabric.security.tokens import TokenStore, TokenVerifier
 from edgefabric.telemetry.endpoint import MetricsEndpoint
 from edgefabric.telemetry.store import StoreMetrics
 from model_store.controller import RolloutController
@@ -23,6 +30,8 @@ from model_store.dashboard import (
     DashboardServer,
     FleetHistory,
     allow_all,
+    check_dashboard_exposure,
+    require_admin,
 )
 from model_store.distribution import DEFAULT_CHUNK_SIZE, DistributionServer, RepoResponder
 from model_store.fleet_db import fleet_database_path
@@ -47,9 +56,36 @@ class StoreServerOptions:
     # The fleet dashboard (model_store.dashboard): None serves none, 0 picks a free port.
     http_port: int | None = None
     http_address: str = "127.0.0.1"
+    # "required": the dashboard's API takes admin bearer tokens from tokens.sqlite3 in the home.
+    http_auth: Literal["none", "required"] = "none"
+    http_tls_cert: Path | None = None  # with http_tls_key: the dashboard speaks HTTPS
+    http_tls_key: Path | None = None
+    http_tls_client_ca: Path | None = None  # clients must present a certificate it signed
+    http_insecure: bool = False  # allow a dashboard reachable from the network without both
     tls: MqttTls | None = None  # CA, client certificate and key for an mqtts:// broker
     metrics_address: str = "127.0.0.1"
     metrics_port: int = -1  # Prometheus /metrics; 0 picks a free port, -1 serves none
+
+    def __post_init__(self) -> None:
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            raise ValueError(
+                "the dashboard's TLS needs both --tls-cert FILE and --tls-key FILE; got only "
+                f"{'--tls-cert' if self.http_tls_key is None else '--tls-key'}"
+            )
+        if self.http_tls_client_ca is not None and self.http_tls_cert is None:
+            raise ValueError(
+                "--tls-client-ca needs --tls-cert and --tls-key: client certificates are only "
+                "checked over TLS"
+            )
+        if self.http_auth not in ("none", "required"):
+            raise ValueError(f"http_auth: expected 'none' or 'required', got {self.http_auth!r}")
+        if self.http_port is not None:
+            check_dashboard_exposure(
+                self.http_address,
+                auth=self.http_auth == "required",
+                tls=self.http_tls_cert is not None,
+                insecure=self.http_insecure,
+            )
 
 
 class StoreServer:
@@ -82,13 +118,20 @@ class StoreServer:
     def start(self) -> None:
         """Connect, refresh metadata about to expire, answer requests, run the controller,
         serve the dashboard (its port is taken first, so a busy one fails before anything)."""
-        if self._options.http_port is not None:
+        options = self._options
+        if options.http_port is not None:
+            tls = None
+            if options.http_tls_cert is not None and options.http_tls_key is not None:
+                tls = https_context(
+                    options.http_tls_cert, options.http_tls_key, options.http_tls_client_ca
+                )
             data = DashboardData(self._store.home, self.fleet, self.history)
             self.dashboard = DashboardServer(
                 data,
-                address=self._options.http_address,
-                port=self._options.http_port,
-                authorize=self._authorize,
+                address=options.http_address,
+                port=options.http_port,
+                authorize=self._dashboard_authorize(),
+                tls=tls,
             )
         try:
             self.refresh()
@@ -109,6 +152,19 @@ class StoreServer:
         self._controller_thread.start()
         if self.dashboard is not None:
             self.dashboard.start()
+
+    def _dashboard_authorize(self) -> Authorize:
+        """The hook given to the constructor, else admin tokens when auth is required."""
+        if self._authorize is not allow_all or self._options.http_auth != "required":
+            return self._authorize
+        tokens = TokenStore.in_home(self._store.home.root)
+        if not tokens.path.exists():
+            log.warning(
+                "dashboard auth required but %s holds no tokens yet: every API request is "
+                "refused until `edgefabric token create --role admin` makes one",
+                tokens.path,
+            )
+        return require_admin(TokenVerifier(tokens))
 
     def _run_controller(self) -> None:
         """The controller's thread, with a registry connection of its own (SQLite's rule)."""

@@ -13,6 +13,11 @@ need not wait a whole interval.
 All connections share one :class:`~edgefabric.mqtt.MqttLoop` thread (paho's thread per client
 stops at about 340 clients per process); desired states are answered on it, and one scheduler
 thread sends health reports spread evenly over the interval.
+
+TLS (``mqtts://`` with ``--mqtt-ca/--mqtt-cert/--mqtt-key``): every simulated device presents
+the same client certificate, so against the fleet's per-device ACL (the CN is the username)
+only a device named like the certificate gets its topics; a load test of the ACL broker needs
+one enrolled identity per simulated device, which this command does not issue.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgefabric import topics
 from edgefabric.desired import load_public_key
 from edgefabric.errors import EdgefabricError, TransportError
-from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttLoop, Will
+from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttLoop, MqttTls, Will
+from model_store.enroll import add_mqtt_tls_arguments, mqtt_tls_from
 from model_store.sim_device import Behaviour, Key, SimulatedDevice
 
 __all__ = [
@@ -70,6 +76,8 @@ class SimulationSettings:
     health_after_reconcile: bool = True
     keepalive_s: int = 30
     seed: str = "0"
+    tls: MqttTls | None = None
+    """CA and client certificate for an ``mqtts://`` broker; every device presents the same."""
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -143,6 +151,7 @@ class FleetSimulator:
         self._key = public_key
         self._clock_ms = clock_ms
         self._address = BrokerAddress.parse(settings.broker)
+        self._tls_context = settings.tls.context() if settings.tls is not None else None
         self._loop = MqttLoop(name="fleet-simulator")
         self._devices: dict[str, _Device] = {}
         self._stopping = threading.Event()
@@ -219,6 +228,7 @@ class FleetSimulator:
             will=Will(status_topic, device.will()),
             keepalive_s=self.settings.keepalive_s,
             loop=self._loop,
+            tls_context=self._tls_context,
         )
         sim = _Device(device, client)
         self._devices[device.device_id] = sim
@@ -279,7 +289,8 @@ def register_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sim = sub.add_parser(
         "simulate", help="simulated devices speaking the fleet protocol (for tests and benches)"
     )
-    sim.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    sim.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    add_mqtt_tls_arguments(sim)
     sim.add_argument("--devices", type=int, default=10, help="how many devices (default 10)")
     sim.add_argument("--prefix", default="sim", help="device ids are PREFIX-0000, PREFIX-0001...")
     sim.add_argument(
@@ -350,6 +361,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
         health_interval_s=args.health_interval_s,
         health_after_reconcile=args.health_after_reconcile,
         seed=args.seed,
+        tls=mqtt_tls_from(args),
     )
 
 

@@ -92,6 +92,10 @@ class BatchingConfig:
         default_factory=lambda: MappingProxyType({}), hash=False
     )
     max_concurrent_batches: int = 1
+    skip_idle_delay: bool = True
+    """Start a batch without waiting ``max_queue_delay_us`` when the arrival rate (an EWMA of
+    the gaps between requests) says the next request is due only after the delay ends; Triton
+    always waits. See docs/adr/0004."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

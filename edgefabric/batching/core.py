@@ -16,8 +16,11 @@ group. Requests of other groups are skipped, not blocked behind.
 
 Launch. A batch starts at once when it reaches a preferred size or ``max_batch_size`` (it is
 cut at the largest preferred size it reaches), or when the next request of its group does not
-fit. Otherwise it starts when its oldest request has waited ``max_queue_delay_us``, or earlier
-when waiting longer would make one of its requests miss its deadline (estimated run time).
+fit, or (``skip_idle_delay``) while requests arrive further apart than ``max_queue_delay_us``
+on average (an EWMA of the gaps, each counted up to two delays): then waiting would not find
+company and only adds latency. Otherwise it starts when its oldest request has waited
+``max_queue_delay_us``, or earlier when waiting longer would make one of its requests miss its
+deadline (estimated run time).
 At most ``max_concurrent_batches`` run at once. The best-ranked batch goes first; while it is
 still filling, a due batch of another group may take a free instance when that does not delay
 the best-ranked one (another instance stays free, or it should finish before that one is due).
@@ -60,6 +63,7 @@ from edgefabric.errors import DeadlineExceededError, InvalidInputError, Overload
 __all__ = ["BatchReady", "BatchingCore", "Event", "Expired", "ExpiryReason", "Released"]
 
 _EWMA_WEIGHT = 0.2
+_GAP_CAP = 2
 
 
 class ExpiryReason(enum.Enum):
@@ -196,6 +200,9 @@ class BatchingCore:
         self._depth = dict.fromkeys(range(1, config.levels + 1), 0)
         self._running: dict[int, _Running] = {}
         self._exec = _ExecEstimate()
+        self._gap_ewma_ns: float | None = None
+        self._last_arrival_ns: int | None = None
+        self._sparse = False
         self._draining = False
         self._order: deque[int] = deque()
         self._finished: set[int] = set()
@@ -274,6 +281,7 @@ class BatchingCore:
                 f"({policy.max_queue_size} requests); retry after {retry_ms} ms",
                 retry_after_ms=retry_ms,
             )
+        self._observe_arrival(now_ns)
         seq = next(self._seq)
         key: _Key = (2 * level, *_deadline_rank(deadline_ns), seq)
         if deadline_ns is not None:
@@ -368,6 +376,23 @@ class BatchingCore:
         if now_ns < self._now:
             raise ValueError(f"now_ns went backwards: {now_ns} after {self._now}")
         self._now = now_ns
+
+    def _observe_arrival(self, now_ns: int) -> None:
+        """Feed the inter-arrival EWMA; gaps count at most ``_GAP_CAP`` delays, so one idle
+        spell is forgotten after a few quick arrivals."""
+        last = self._last_arrival_ns
+        self._last_arrival_ns = now_ns
+        if last is None:
+            return
+        cap = _GAP_CAP * max(self.config.max_queue_delay_us * 1000, 1)
+        gap = min(now_ns - last, cap)
+        old = self._gap_ewma_ns
+        ewma = gap if old is None else old + _EWMA_WEIGHT * (gap - old)
+        self._gap_ewma_ns = ewma
+        sparse = self.config.skip_idle_delay and ewma > self.config.max_queue_delay_us * 1000
+        if sparse is not self._sparse:
+            self._sparse = sparse
+            self._plans.clear()  # every filling batch's launch time changes
 
     def _push_timer(self, at_ns: int, item: _Item, kind: _Timer) -> None:
         heapq.heappush(self._timers, (at_ns, next(self._seq), item.item_id, item.seq, kind))
@@ -498,8 +523,12 @@ class BatchingCore:
         return plan
 
     def _time(self, plan: _Plan) -> None:
-        """When a filling batch is due: its delay, or earlier for a deadline."""
-        launch_at = plan.oldest_ns + self.config.max_queue_delay_us * 1000
+        """When a filling batch is due: its delay, earlier for a deadline, or at once while
+        requests arrive further apart than the delay (waiting would not find company)."""
+        delay_ns = self.config.max_queue_delay_us * 1000
+        launch_at = plan.oldest_ns + delay_ns
+        if self._sparse:
+            launch_at = plan.oldest_ns
         if plan.earliest_deadline_ns is not None:
             run_ns = self._exec.estimate(plan.rows)
             launch_at = min(launch_at, plan.earliest_deadline_ns - run_ns)

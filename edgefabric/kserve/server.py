@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -14,6 +14,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from edgefabric.dataplane import DataPlane
+from edgefabric.kserve.admission import AdmissionConfig
 from edgefabric.kserve.forwarding import Forwarder
 from edgefabric.kserve.limits import DEFAULT_LIMITS, RequestLimits
 from edgefabric.kserve.servicer import InferenceServicer
@@ -40,6 +41,9 @@ class ServerOptions:
     ``access``: authentication, per-tenant limits and the audit trail (``None``: nothing is
     checked). ``max_deadline_s``: the longest a request may wait; a longer client deadline, or
     none, is cut to it (``None``: the client's deadline as given).
+    ``admission``: early admission control of ModelInfer (see :mod:`edgefabric.kserve.admission`):
+    a request whose deadline is shorter than the wait the requests in flight predict is refused
+    at once with DEADLINE_EXCEEDED, before it is decoded.
     """
 
     address: str = "127.0.0.1"
@@ -51,6 +55,7 @@ class ServerOptions:
     insecure: bool = False
     access: AccessControl | None = None
     max_deadline_s: float | None = None
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
 
 class KServeServer:
@@ -108,7 +113,11 @@ async def start_server(
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(
-            data, forwarder, limits=options.limits, max_deadline_s=options.max_deadline_s
+            data,
+            forwarder,
+            limits=options.limits,
+            max_deadline_s=options.max_deadline_s,
+            admission=options.admission,
         ),
         server,
     )

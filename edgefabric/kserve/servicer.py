@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc
 from edgefabric.dataplane import DataPlane
 from edgefabric.errors import EdgefabricError, OverloadedError, UnsupportedError, grpc_status_for
 from edgefabric.kserve import converters
+from edgefabric.kserve.admission import Admission, AdmissionConfig, Refusal, RefusalReason
 from edgefabric.kserve.forwarding import Forwarder
 from edgefabric.kserve.limits import DEFAULT_LIMITS, RequestLimits
 from edgefabric.security.access import admitted, record_admin, require_model, visible
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[object, object]
+_REFUSED = pb.ModelInferResponse()
 
 
 def _internal_message(exc: BaseException, rpc: str) -> str:
@@ -89,8 +91,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         *,
         limits: RequestLimits = DEFAULT_LIMITS,
         max_deadline_s: float | None = None,
+        admission: AdmissionConfig | None = None,
     ) -> None:
         self._data = data
+        self._admission = Admission(admission)
         self._forwarder = forwarder
         self._limits = limits
         self._max_deadline_s = max_deadline_s
@@ -160,8 +164,35 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             )
         return pb.ModelConfigResponse(config=self._data.model_config(request.name, request.version))
 
-    @guarded
     async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        """Admission first (no decoding, no exception when refused), then the guarded call."""
+        remaining_s = self._deadline(context.time_remaining())
+        admission = self._admission
+        refusal = admission.admit(
+            time.monotonic_ns(), None if remaining_s is None else int(remaining_s * 1e9)
+        )
+        if refusal is not None:
+            self._refuse(context, refusal)
+            return _REFUSED  # gRPC sends no message with a non-OK status
+        try:
+            return await self._model_infer(request, context)
+        finally:
+            admission.done(time.monotonic_ns())
+
+    def _refuse(self, context: Context, refusal: Refusal) -> None:
+        context.set_code(
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+            if refusal.reason is RefusalReason.IN_FLIGHT
+            else grpc.StatusCode.DEADLINE_EXCEEDED
+        )
+        context.set_details(refusal.message)
+        context.set_trailing_metadata((("retry-after-ms", str(refusal.retry_after_ms)),))
+        self._data.metrics.count_shed("", "", refusal.reason.value)
+
+    @guarded
+    async def _model_infer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         with tracing.span(
@@ -200,9 +231,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         running: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._limits.max_stream_in_flight)
 
+        def incoming() -> dict[str, str]:  # the stream's traceparent, read when tracing is on
+            return tracing.carrier_from_metadata(context.invocation_metadata())
+
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, self._deadline(None), stream=True)
+                with tracing.span(  # one server span per streamed request
+                    "ModelStreamInfer",
+                    kind="server",
+                    attributes={
+                        "edgefabric.model": request.model_name,
+                        "edgefabric.request_id": request.id,
+                    },
+                    incoming=incoming,
+                ):
+                    response = await self._infer(request, self._deadline(None), stream=True)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:  # reported in-band; the stream goes on
                 message = (

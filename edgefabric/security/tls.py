@@ -1,4 +1,5 @@
-"""TLS for every gRPC listener, and the rule that plaintext stays on loopback.
+"""TLS for every gRPC listener (and the dashboard's HTTPS), and the rule that plaintext stays
+on loopback.
 
 Certificates and keys are PEM files. They are parsed with ``cryptography`` when loaded, so a
 wrong file (a key given as the certificate, a key that does not match its certificate, an
@@ -9,6 +10,7 @@ gRPC's opaque handshake failure later.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ __all__ = [
     "ServerTls",
     "check_exposure",
     "client_credentials",
+    "https_context",
     "is_loopback",
 ]
 
@@ -144,6 +147,23 @@ def client_credentials(
         chain, private = _read(cert, "TLS certificate"), _read(key, "TLS key")
         _check_key_pair(chain, cert, private, key)
     return grpc.ssl_channel_credentials(root, private, chain)
+
+
+def https_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """A server-side ``ssl`` context for an HTTPS listener (TLS 1.2 or later).
+
+    The files are checked like :meth:`ServerTls.from_files` first, so a wrong file is named
+    before any socket is opened. With ``client_ca``, clients must present a certificate it
+    signed (mutual TLS).
+    """
+    checked = ServerTls.from_files(cert, key, client_ca)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if checked.client_ca is not None:
+        context.load_verify_locations(cadata=checked.client_ca.decode("ascii", "replace"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def is_loopback(address: str) -> bool:

@@ -14,9 +14,14 @@ lowest latency. An agent that does not answer in time is skipped until it is hea
 and the request goes to the next agent while time remains; when none is left the pool raises
 :class:`~edgefabric.errors.TransportError` (UNAVAILABLE), so the router fails over.
 
+Answers come back on ``ef/v1/relay/resp/{identity}/{device}``: ``{identity}`` is the CN of the
+pool's client certificate (``mqtts://`` with ``tls``; the name the broker ACL grants, see
+docs/adr/0015) or else its client id, and an answer is taken only from the topic of the device
+it was asked of. An agent whose status turns offline (its Last Will, after a crash) fails the
+requests it holds at once, so they go to the next agent while their deadline lasts.
+
 Threading: paho's thread only hands messages to the event loop (``call_soon_threadsafe``).
-Broker TLS and credentials: pass ``client_factory`` (the one seam where the MQTT client is
-made); the gateway's settings do not offer them yet.
+``client_factory`` is the one seam where the MQTT client is made.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
@@ -46,20 +54,20 @@ from edgefabric.errors import (
     RequestCancelledError,
     TransportError,
 )
-from edgefabric.mqtt import BrokerAddress, Message, MqttClient
+from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttTls
 from edgefabric.telemetry import tracing
 from edgefabric.wire.v1.fleet_pb2 import DeviceStatus, Health
 from gateway.pools.remote import EWMA_ALPHA, PoolState, PoolStats
 
-__all__ = ["SITE_LABEL", "AgentView", "ClientFactory", "EdgeModel", "EdgePool"]
+__all__ = ["SITE_LABEL", "AgentView", "ClientFactory", "EdgeModel", "EdgePool", "certificate_name"]
 
 log = logging.getLogger(__name__)
 
 SITE_LABEL = "site"
 """The request parameter and the device label that name a site."""
 
-ClientFactory = Callable[[BrokerAddress, str], MqttClient]
-"""Makes the pool's (not yet connected) MQTT client: ``(broker, client_id)``."""
+ClientFactory = Callable[[BrokerAddress, str, MqttTls | None], MqttClient]
+"""Makes the pool's (not yet connected) MQTT client: ``(broker, client_id, tls)``."""
 
 _READY = "READY"
 _QOS = 1
@@ -109,8 +117,25 @@ def _version_key(version: str) -> tuple[int, str]:
     return (len(version), version)
 
 
-def _default_client(address: BrokerAddress, client_id: str) -> MqttClient:
-    return MqttClient(address, client_id, reconnect_max_delay_s=5)
+def _default_client(address: BrokerAddress, client_id: str, tls: MqttTls | None) -> MqttClient:
+    return MqttClient(address, client_id, tls=tls, reconnect_max_delay_s=5)
+
+
+def certificate_name(cert_file: Path) -> str:
+    """The Common Name of the first certificate in a PEM file: the identity the broker sees
+    (``use_identity_as_username``). ``ValueError`` says why there is none."""
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read MQTT client certificate {cert_file}: {exc}") from None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = names[0].value if names else ""
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"MQTT client certificate {cert_file} has no Common Name; the broker takes it as the "
+            "username (enroll the gateway with `edgefabric fleet enroll NAME --role gateway`)"
+        )
+    return name
 
 
 class EdgePool:
@@ -119,6 +144,7 @@ class EdgePool:
     ``relay_timeout_s``: how long one agent gets to answer when the caller set no deadline.
     ``stale_after_s``: an agent whose last health report is older is not sent requests (its
     Last Will may not have arrived yet).
+    ``tls``: CA and client certificate for an ``mqtts://`` broker.
     """
 
     def __init__(
@@ -129,6 +155,7 @@ class EdgePool:
         max_message_bytes: int = 64 * 1024 * 1024,
         relay_timeout_s: float = 10.0,
         stale_after_s: float = 30.0,
+        tls: MqttTls | None = None,
         client_factory: ClientFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -139,16 +166,23 @@ class EdgePool:
                 f"{relay_timeout_s} and {stale_after_s}"
             )
         address = BrokerAddress.parse(broker)
-        if address.tls and client_factory is None:
+        if tls is not None and not address.tls:
             raise ValueError(
-                f"pool '{name}': {broker} needs TLS settings the gateway does not offer yet; "
-                "use mqtt:// or pass a client_factory"
+                f"pool '{name}': MQTT TLS files (--mqtt-ca/--mqtt-cert/--mqtt-key) need an "
+                f"mqtts:// broker, got {broker}"
             )
         self.name = name
         self.target = address.url
         self._address = address
+        self._tls = tls
         self.client_id = f"gw-{name}-{uuid.uuid4().hex[:8]}"
-        self._reply_topic = topics.relay_response(self.client_id)  # checks the name as a level
+        self.identity = (
+            certificate_name(tls.cert_file)
+            if tls is not None and tls.cert_file is not None
+            else self.client_id
+        )
+        """The ``{client}`` level of the answer topics: the certificate's CN, or the client id."""
+        self._reply_filter = topics.relay_responses(self.identity)  # checks the name as a level
         self._max_message_bytes = max_message_bytes
         self._relay_timeout_s = relay_timeout_s
         self._stale_after_s = stale_after_s
@@ -161,7 +195,8 @@ class EdgePool:
         self._connector: asyncio.Task[None] | None = None
         self._connected = False
         self._agents: dict[str, _Agent] = {}
-        self._pending: dict[bytes, asyncio.Future[Message]] = {}
+        self._pending: dict[bytes, tuple[asyncio.Future[Message], str]] = {}
+        """Correlation data -> (the answer, the device asked)."""
         self._listeners: list[Callable[[], None]] = []
         self._latency_ewma_s: float | None = None
         self._requests = 0
@@ -207,12 +242,12 @@ class EdgePool:
         self._changed()
 
     async def _connect_once(self) -> None:
-        client = self._client_factory(self._address, self.client_id)
+        client = self._client_factory(self._address, self.client_id, self._tls)
         client.on_connection_change(self._connection_changed)
         await asyncio.to_thread(client.connect, 10.0)
         try:
             for topic_filter, handler in (
-                (self._reply_topic, self._reply_arrived),
+                (self._reply_filter, self._reply_arrived),
                 (topics.ALL_DEVICE_STATUS, self._fleet_arrived),
                 (topics.ALL_DEVICE_HEALTH, self._fleet_arrived),
             ):
@@ -416,7 +451,7 @@ class EdgePool:
             raise TransportError(f"pool '{self.name}': not connected to broker {self.target}")
         correlation = os.urandom(16)
         answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[correlation] = answer
+        self._pending[correlation] = (answer, agent.device_id)
         agent.in_flight += 1
         agent.requests += 1
         started = self._clock()
@@ -425,7 +460,7 @@ class EdgePool:
                 topics.device_infer(agent.device_id),
                 payload,
                 qos=_QOS,
-                response_topic=self._reply_topic,
+                response_topic=topics.relay_response(self.identity, agent.device_id),
                 correlation_data=correlation,
                 user_properties=[
                     *relay.request_properties(rpc, self._wall_clock() + timeout_s),
@@ -514,9 +549,19 @@ class EdgePool:
         self._hand_over(self._set_connected, connected)
 
     def _settle(self, message: Message) -> None:
-        answer = self._pending.get(message.correlation_data or b"")
-        if answer is None:
+        pending = self._pending.get(message.correlation_data or b"")
+        if pending is None:
             log.debug("pool '%s': dropping a late or unknown answer", self.name)
+            return
+        answer, device_id = pending
+        parsed = topics.parse_relay_response(message.topic)
+        if parsed is None or parsed[1] != device_id:
+            log.warning(
+                "pool '%s': dropping an answer on %s to a request sent to agent '%s'",
+                self.name,
+                message.topic,
+                device_id,
+            )
             return
         if not answer.done():
             answer.set_result(message)
@@ -536,6 +581,7 @@ class EdgePool:
         device_id, kind = parsed
         if not message.payload:  # a cleared retained status: the device is gone
             if kind == "status" and self._agents.pop(device_id, None) is not None:
+                self._fail_agent(device_id, "its status was cleared")
                 self._changed()
             return
         try:
@@ -554,6 +600,8 @@ class EdgePool:
         agent.labels = dict(status.labels)
         if status.online:
             agent.skipped = False
+        else:  # its Last Will after a crash, or a clean stop: it answers nothing more
+            self._fail_agent(device_id, "it went offline")
         self._changed()
 
     def _apply_health(self, device_id: str, health: Health) -> None:
@@ -568,8 +616,18 @@ class EdgePool:
         if changed:
             self._changed()
 
+    def _fail_agent(self, device_id: str, reason: str) -> None:
+        """Fail the requests waiting for ``device_id`` at once, so they go elsewhere."""
+        for answer, asked in self._pending.values():
+            if asked == device_id and not answer.done():
+                answer.set_exception(
+                    TransportError(
+                        f"pool '{self.name}': agent '{device_id}' will not answer: {reason}"
+                    )
+                )
+
     def _fail_pending(self, reason: str) -> None:
-        for answer in self._pending.values():
+        for answer, _ in self._pending.values():
             if not answer.done():
                 answer.set_exception(TransportError(reason))
         self._pending.clear()

@@ -9,11 +9,14 @@ Routes (GET and HEAD only; anything else is 405)::
     /api/events?limit=N   the newest N timeline events: devices, rollouts, audit log
     /api/models           the registry's versions
 
-``authorize(headers) -> bool`` guards every ``/api/`` route (401 when it says no); the static
-files hold no data and are served to anyone who can connect, so a page opened without
-credentials can still say what is missing. The default allows every request, which is why the
-server binds loopback by default; it then also refuses ``Host`` headers that do not name a
-loopback host, so a web page on another site cannot read it through DNS rebinding (ADR 0010).
+``authorize(headers) -> bool`` guards every ``/api/`` route: 401 when it says no or raises
+``UnauthenticatedError``, 403 when it raises ``PermissionDeniedError`` (:mod:`.auth` has the
+admin-token hook). The static files hold no data and are served to anyone who can connect, so
+a page opened without credentials can still say what is missing. The default allows every
+request, which is why the server binds loopback by default; it then also refuses ``Host``
+headers that do not name a loopback host, so a web page on another site cannot read it through
+DNS rebinding (ADR 0010). Given an ``ssl`` context it speaks HTTPS; the TLS handshake runs on
+the connection's own thread, under the same timeout as the request (ADR 0016).
 
 Each request runs on its own thread. The fleet view and the history are thread-safe; SQLite
 connections are not shared between threads, so each request that reads the registry opens
@@ -25,6 +28,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
+import ssl
 import threading
 import time
 import uuid
@@ -37,7 +42,12 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from edgefabric.errors import EdgefabricError, InvalidInputError
+from edgefabric.errors import (
+    EdgefabricError,
+    InvalidInputError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from model_store.dashboard.history import FleetHistory, TimelineEvent
 from model_store.dashboard.views import (
     audit_events,
@@ -58,7 +68,8 @@ __all__ = ["Authorize", "DashboardData", "DashboardServer", "allow_all"]
 log = logging.getLogger(__name__)
 
 Authorize = Callable[[Mapping[str, str]], bool]
-"""Given the request's headers (names in lower case), whether to answer an API request."""
+"""Given the request's headers (names in lower case), whether to answer an API request; it may
+raise ``UnauthenticatedError`` (401) or ``PermissionDeniedError`` (403) to say why not."""
 
 _MAX_EVENTS = 1000
 _DEFAULT_EVENTS = 200
@@ -195,8 +206,31 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class _HttpServer(ThreadingHTTPServer):
+    """A threading HTTP server that wraps accepted connections in TLS when given a context.
+
+    The wrap does no I/O; the handshake happens on the request's thread (the handler's
+    ``setup``), so a client that stalls it holds up only its own connection.
+    """
+
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("dashboard: connection from %s failed", client_address, exc_info=True)
+
+
 class DashboardServer:
-    """The dashboard on ``address:port`` (0 picks a free port, see :attr:`port`).
+    """The dashboard on ``address:port`` (0 picks a free port, see :attr:`port`), over HTTPS
+    when given an ``ssl`` context (``edgefabric.security.tls.https_context``).
 
     ``start()`` serves on a thread of its own; ``stop()`` stops and closes the socket.
     """
@@ -209,16 +243,17 @@ class DashboardServer:
         port: int = 0,
         authorize: Authorize = allow_all,
         request_timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.data = data
         self.authorize = authorize
         self._loopback = _is_loopback(address)
         handler = _handler_class(self, request_timeout_s)
         try:
-            self._server = ThreadingHTTPServer((address, port), handler)
+            self._server = _HttpServer((address, port), handler)
         except OSError as error:
             raise OSError(f"dashboard: cannot listen on {address}:{port}: {error}") from error
-        self._server.daemon_threads = True
+        self._server.tls = tls
         self._thread: threading.Thread | None = None
         if not self._loopback and authorize is allow_all:
             log.warning(
@@ -234,9 +269,10 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port/``."""
+        """``http://host:port/`` (``https://`` over TLS)."""
         host = str(self._server.server_address[0])
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
+        scheme = "https" if self._server.tls is not None else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
     def start(self) -> None:
         """Serve requests on a background thread."""
@@ -280,14 +316,27 @@ class DashboardServer:
                 HTTPStatus.NOT_FOUND,
                 f"no page {parts.path!r}: the dashboard is at /, its API at {', '.join(_API)}",
             )
-        if not self.authorize(headers):
-            return _error(
-                HTTPStatus.UNAUTHORIZED,
-                "not authorised: send an admin bearer token (Authorization: Bearer TOKEN)",
-                **{"WWW-Authenticate": 'Bearer realm="edgefabric"'},
-            )
+        refused = self._authorize(headers)
+        if refused is not None:
+            return refused
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         return self._answer_api(parts.path, query)
+
+    def _authorize(self, headers: Mapping[str, str]) -> _Reply | None:
+        """401 or 403 when the hook refuses the request, else ``None``."""
+        challenge = {"WWW-Authenticate": 'Bearer realm="edgefabric"'}
+        try:
+            if self.authorize(headers):
+                return None
+        except UnauthenticatedError as error:
+            return _error(HTTPStatus.UNAUTHORIZED, f"not authorised: {error}", **challenge)
+        except PermissionDeniedError as error:
+            return _error(HTTPStatus.FORBIDDEN, f"forbidden: {error}")
+        return _error(
+            HTTPStatus.UNAUTHORIZED,
+            "not authorised: send an admin bearer token (Authorization: Bearer TOKEN)",
+            **challenge,
+        )
 
     def _answer_api(self, path: str, query: Mapping[str, str]) -> _Reply:
         try:
@@ -315,7 +364,7 @@ class DashboardServer:
             return _error(
                 HTTPStatus.MISDIRECTED_REQUEST,
                 f"Host {host!r} is not a loopback name: this dashboard listens on loopback "
-                f"only; open it as http://127.0.0.1:{self.port}/",
+                f"only; open it as {self.url}",
             )
         return None
 
@@ -350,6 +399,12 @@ def _handler_class(server: DashboardServer, timeout_s: float) -> type[BaseHTTPRe
         timeout = timeout_s  # a client that stops sending mid-request is dropped
         server_version = "edgefabric-dashboard"
         sys_version = ""
+
+        def setup(self) -> None:
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.settimeout(timeout_s)
+                self.request.do_handshake()  # a failure is logged by the server's handle_error
+            super().setup()
 
         def do_GET(self) -> None:
             self._answer()

@@ -34,6 +34,14 @@ from edgefabric.samples import mlp_model
 from edgefabric.wire.v1.fleet_pb2 import Event
 from model_store.pki import FleetCA, Role
 from tests.cli import run_edgefabric
+from tests.conftest import GatewayThread
+from tests.integration.test_edge_relay import (
+    edge_pool,
+    local_ort,
+    serving,
+    triton_infer,
+    wait_pool,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -283,63 +291,150 @@ def test_a_plaintext_client_is_refused(broker: PrivateBroker) -> None:
         client.connect(timeout_s=TIMEOUT_S)
 
 
+def test_a_device_cannot_answer_on_another_devices_relay_answer_topic(clients: Clients) -> None:
+    answers = Inbox()
+    clients.connect(GATEWAY).subscribe(topics.relay_responses(GATEWAY), answers)
+    attacker = clients.connect("dev-b")
+    forged = _token("forged")
+    attacker.publish(topics.relay_response(GATEWAY, "dev-a"), forged, qos=1, wait=True)
+    sentinel = _token("sentinel")
+    attacker.publish(topics.relay_response(GATEWAY, "dev-b"), sentinel, qos=1, wait=True)
+    assert answers.before(topics.relay_response(GATEWAY, "dev-b"), sentinel) == []
+    # Positive control: the device named in the topic does get through.
+    own = _token("own")
+    clients.connect("dev-a").publish(topics.relay_response(GATEWAY, "dev-a"), own, wait=True)
+    assert answers.before(topics.relay_response(GATEWAY, "dev-a"), own) == []
+
+
 # ------------------------------------------------------------------ the real agent and store
 
 
-def test_an_enrolled_agent_syncs_its_desired_state_over_mutual_tls(
-    fleet: Path, broker: PrivateBroker, clients: Clients, tmp_path: Path
-) -> None:
+def _tls_args(folder: Path) -> list[str]:
+    return [f"--mqtt-{kind}={folder / f'{kind}.pem'}" for kind in ("ca", "cert", "key")]
+
+
+class EnrolledFleet:
+    """``edgefabric store serve`` and an in-process agent, each with its enrolled identity."""
+
+    def __init__(self, fleet: Path, broker: PrivateBroker, home: Path, data: Path) -> None:
+        self.fleet, self.broker, self.home, self.data = fleet, broker, home, data
+        self.store: subprocess.Popen[str] | None = None
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.agent: EdgeAgent | None = None
+
+    def serve_store(self) -> None:
+        self.store = subprocess.Popen(
+            [sys.executable, "-m", "edgefabric.cli", "store", "serve", "--broker", self.broker.url,
+             "--home", str(self.home), *_tls_args(self.fleet / "edgefabric-store")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert self.store.stdout is not None
+        assert "serving the repository" in self.store.stdout.readline()
+
+    def start_agent(self, device: str, **overrides: Any) -> EdgeAgent:
+        creds = self.fleet / device
+        values: dict[str, Any] = {
+            "device_id": device,
+            "broker": self.broker.url,
+            "mqtt_ca": creds / "ca.pem",
+            "mqtt_cert": creds / "cert.pem",
+            "mqtt_key": creds / "key.pem",
+            "trust_root": self.home / "tuf" / "metadata" / "root.json",
+            "data_dir": self.data / device,
+            "desired_key": self.home / "controller.pub",
+            "grpc_port": 0,
+            **overrides,
+        }
+        if not self.thread.is_alive():
+            self.thread.start()
+        self.agent = EdgeAgent(AgentSettings(**values))
+        asyncio.run_coroutine_threadsafe(self.agent.start(), self.loop).result(TIMEOUT_S)
+        return self.agent
+
+    def assign(self, device: str, *models: str) -> None:
+        """``fleet assign`` as the controller identity."""
+        run_edgefabric(
+            self.home, "fleet", "assign", device, *models, "--broker", self.broker.url,
+            *_tls_args(self.fleet / "edgefabric-controller"),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        if self.agent is not None:
+            asyncio.run_coroutine_threadsafe(self.agent.stop(), self.loop).result(TIMEOUT_S)
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(TIMEOUT_S)
+        self.loop.close()
+        if self.store is not None:
+            self.store.terminate()
+            self.store.wait(timeout=30)
+            if self.store.stdout is not None:
+                self.store.stdout.close()
+
+
+@pytest.fixture
+def enrolled(fleet: Path, broker: PrivateBroker, tmp_path: Path) -> Iterator[EnrolledFleet]:
     home = Path(shutil.copytree(fleet / "home", tmp_path / "home"))
+    running = EnrolledFleet(fleet, broker, home, tmp_path / "devices")
+    try:
+        running.serve_store()
+        yield running
+    finally:
+        running.close()
+
+
+def _reconciled(events: queue.Queue[Event]) -> list[str]:
+    kinds: list[str] = []
+    while not kinds or kinds[-1] != "RECONCILED":
+        kinds.append(Event.Kind.Name(events.get(timeout=TIMEOUT_S).kind))
+    return kinds
+
+
+def test_an_enrolled_agent_syncs_its_desired_state_over_mutual_tls(
+    enrolled: EnrolledFleet, clients: Clients
+) -> None:
     events: queue.Queue[Event] = queue.Queue()
     clients.connect("edgefabric-controller").subscribe(
         topics.device_events("dev-a"), lambda m: events.put(Event.FromString(m.payload))
     )
-    service = fleet / "edgefabric-store"
-    tls_args = [f"--mqtt-{kind}={service / f'{kind}.pem'}" for kind in ("ca", "cert", "key")]
-    store = subprocess.Popen(
-        [sys.executable, "-m", "edgefabric.cli", "store", "serve", "--broker", broker.url,
-         "--home", str(home), *tls_args],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    agent: EdgeAgent | None = None
-    try:
-        assert store.stdout is not None
-        assert "serving the repository" in store.stdout.readline()
-        thread.start()
-        creds = fleet / "dev-a"
-        values: dict[str, Any] = {
-            "device_id": "dev-a",
-            "broker": broker.url,
-            "mqtt_ca": creds / "ca.pem",
-            "mqtt_cert": creds / "cert.pem",
-            "mqtt_key": creds / "key.pem",
-            "trust_root": home / "tuf" / "metadata" / "root.json",
-            "data_dir": tmp_path / "device",
-            "desired_key": home / "controller.pub",
-            "grpc_port": 0,
-        }
-        agent = EdgeAgent(AgentSettings(**values))
-        asyncio.run_coroutine_threadsafe(agent.start(), loop).result(TIMEOUT_S)
-        controller = fleet / "edgefabric-controller"
-        tls_args = [f"--mqtt-{kind}={controller / f'{kind}.pem'}" for kind in ("ca", "cert", "key")]
-        run_edgefabric(home, "fleet", "assign", "dev-a", "mlp:1", "--broker", broker.url, *tls_args)
-        kinds: list[str] = []
-        while not kinds or kinds[-1] != "RECONCILED":
-            kinds.append(Event.Kind.Name(events.get(timeout=TIMEOUT_S).kind))
-        assert kinds == [
-            "DESIRED_RECEIVED", "DOWNLOAD_STARTED", "VERIFIED", "SELF_TEST_PASSED", "SWITCHED",
-            "RECONCILED",
-        ]  # fmt: skip
-    finally:
-        if agent is not None:
-            asyncio.run_coroutine_threadsafe(agent.stop(), loop).result(TIMEOUT_S)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(TIMEOUT_S)
-        loop.close()
-        store.terminate()
-        store.wait(timeout=30)
-        if store.stdout is not None:
-            store.stdout.close()
+    enrolled.start_agent("dev-a")
+    enrolled.assign("dev-a", "mlp:1")
+    assert _reconciled(events) == [
+        "DESIRED_RECEIVED", "DOWNLOAD_STARTED", "VERIFIED", "SELF_TEST_PASSED", "SWITCHED",
+        "RECONCILED",
+    ]  # fmt: skip
+
+
+def test_an_enrolled_gateway_relays_to_an_enrolled_agent_through_the_acl_broker(
+    enrolled: EnrolledFleet,
+    clients: Clients,
+    start_gateway: Callable[..., GatewayThread],
+    fleet: Path,
+    tmp_path: Path,
+) -> None:
+    events: queue.Queue[Event] = queue.Queue()
+    clients.connect("edgefabric-controller").subscribe(
+        topics.device_events("dev-a"), lambda m: events.put(Event.FromString(m.payload))
+    )
+    agent = enrolled.start_agent("dev-a", grpc_listen=False)
+    enrolled.assign("dev-a", "mlp:1")
+    assert _reconciled(events)[-1] == "RECONCILED"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    creds = fleet / GATEWAY
+    gateway = start_gateway(
+        empty,
+        pools=(f"edge={enrolled.broker.url}",),
+        mqtt_ca=creds / "ca.pem",
+        mqtt_cert=creds / "cert.pem",
+        mqtt_key=creds / "key.pem",
+    )
+    assert edge_pool(gateway).identity == GATEWAY  # the CN: the name the ACL grants
+    wait_pool(gateway, serving("mlp"))
+
+    np.testing.assert_allclose(triton_infer(gateway.address), local_ort(), rtol=1e-6, atol=1e-7)
+    assert agent.relay is not None
+    assert agent.relay.counters.answered == 1
+    assert agent.relay.counters.unanswerable == 0

@@ -55,9 +55,8 @@ class RelayProbe:
 
     def __init__(self, mqtt: MqttClient) -> None:
         self.mqtt = mqtt
-        self.reply_topic = topics.relay_response(mqtt.client_id)
         self.answers: queue.Queue[Message] = queue.Queue()
-        mqtt.subscribe(self.reply_topic, self.answers.put)
+        mqtt.subscribe(topics.relay_responses(mqtt.client_id), self.answers.put)
 
     def send(
         self,
@@ -71,7 +70,7 @@ class RelayProbe:
         self.mqtt.publish(
             topics.device_infer(device),
             payload,
-            response_topic=response_topic or self.reply_topic,
+            response_topic=response_topic or topics.relay_response(self.mqtt.client_id, device),
             correlation_data=correlation,
             user_properties=properties or [],
             wait=True,
@@ -233,18 +232,20 @@ def test_bad_expired_and_misaddressed_relay_requests(
     assert "it was not run" in error_of(expired).message
     assert agent.server.data.statistics("mlp")[0][2].execution_count == stats_before
 
-    # Answers never go outside ef/v1/relay/resp/: this one is dropped, the next one answered.
-    probe.send(
-        DEVICE,
-        infer_request().SerializeToString(),
-        response_topic=topics.device_status(DEVICE),
-    )
+    # Answers go only to ef/v1/relay/resp/{client}/{this device}: these are dropped (not
+    # even a topic naming another device), the next one is answered.
+    for forged in (
+        topics.device_status(DEVICE),
+        topics.relay_response(probe.mqtt.client_id, "dev-2"),
+        f"{topics.PREFIX}/relay/resp/{probe.mqtt.client_id}",  # the old layout
+    ):
+        probe.send(DEVICE, infer_request().SerializeToString(), response_topic=forged)
     ok = probe.ask(DEVICE, infer_request().SerializeToString())
     assert status_of(ok) == relay.STATUS_OK
     response = pb.ModelInferResponse.FromString(ok.payload)
     logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(3, 8)
     np.testing.assert_allclose(logits, local_ort(), rtol=1e-6, atol=1e-7)
-    assert agent.relay.counters.unanswerable == 1
+    assert agent.relay.counters.unanswerable == 3
     assert agent.relay.counters.expired == 1
     assert agent.server.data.statistics("mlp")[0][2].execution_count == stats_before + 1
     status = portless.status.get(timeout=TIMEOUT_S)  # the retained birth, not the probe's bytes

@@ -145,6 +145,18 @@ def test_a_crash_mid_download_resumes_without_refetching(device: Device, store: 
     assert not list((device.data / "partial").iterdir())
 
 
+def test_a_kept_partial_longer_than_the_file_is_discarded_and_fetched_from_zero(
+    device: Device, store: Store
+) -> None:
+    partial = device.data / "partial" / f"{hashlib.sha256(store.model).hexdigest()}.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(store.model + b"left over from a damaged disk")
+    downloaded = device.sync().fetch("mlp", 1)  # the store answers BAD_REQUEST for that offset
+    assert downloaded.model.read_bytes() == store.model
+    assert device.target_offsets()[0] == 0
+    assert not list((device.data / "partial").iterdir())
+
+
 def test_a_broker_restart_mid_download_resumes(
     device: Device, store: Store, mqtt_broker: PrivateBroker
 ) -> None:

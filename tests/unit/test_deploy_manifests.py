@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,11 @@ import yaml
 from edge_agent.settings import AgentSettings
 from edgefabric.cli import build_parser
 from edgefabric.kserve.server import INFERENCE_SERVICE
+from edgefabric.mqtt import BrokerAddress
 from gateway.settings import GatewaySettings
+from model_store.enroll import BrokerFiles, acl_text, broker_config_text
+from model_store.pki import Identity, Role
+from model_store.serve import StoreServerOptions
 
 pytestmark = pytest.mark.unit
 
@@ -428,6 +433,84 @@ def test_selectors_and_references_resolve(overlay) -> None:
                 assert ref is None or ref in names, f"{key}: volume refers to missing {ref}"
 
 
+def _listeners(conf: str) -> dict[str, dict[str, str]]:
+    """A mosquitto.conf as {listener port: {directive: value}}; "" holds the global ones."""
+    sections: dict[str, dict[str, str]] = {"": {}}
+    current = sections[""]
+    for line in conf.splitlines():
+        words = line.split(None, 1)
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "listener":
+            current = sections.setdefault(words[1].split()[0], {})
+            continue
+        current[words[0]] = words[1] if len(words) > 1 else ""
+    return sections
+
+
+def _mounted(
+    objects: dict[tuple[str, str], Manifest], container: dict[str, Any], spec: dict[str, Any]
+) -> dict[str, str]:
+    """Every file a container sees from its ConfigMap and Secret volumes: {path: source}."""
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    files: dict[str, str] = {}
+    for mount in container["volumeMounts"]:
+        volume = volumes.get(mount["name"], {})  # absent: a volumeClaimTemplate
+        if "configMap" in volume:
+            source = objects["ConfigMap", volume["configMap"]["name"]]
+            keys = source["data"]
+        elif "secret" in volume:
+            source = objects["Secret", volume["secret"]["secretName"]]
+            keys = source.get("stringData", source.get("data", {}))
+        else:
+            continue
+        for key in keys:
+            files[f"{mount['mountPath']}/{key}"] = f"{source['kind']}/{source['metadata']['name']}"
+    return files
+
+
+def test_the_device_listener_uses_the_fleet_acl_and_crl_from_broker_config(overlay) -> None:
+    """The broker's ConfigMap carries the ACL `edgefabric fleet broker-config` writes for the
+    fabric's service identities, and its device listener has every directive of the generated
+    configuration, with each file it names mounted into the container."""
+    _, objects = overlay
+    config_map = objects["ConfigMap", "edgefabric-mosquitto"]
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    services = [
+        ("edgefabric-store", Role.CONTROLLER),
+        ("edgefabric-controller", Role.CONTROLLER),
+        ("edgefabric-gateway", Role.GATEWAY),
+    ]
+    identities = [Identity(n, r, i, at, at) for i, (n, r) in enumerate(services, start=1)]
+    assert config_map["data"]["acl"] == acl_text(identities), (
+        "the broker's ACL differs from what `edgefabric fleet broker-config` writes: paste "
+        "deploy/mosquitto/acl into the ConfigMap edgefabric-mosquitto (key acl)"
+    )
+    assert config_map["data"]["acl"] == (DEPLOY / "mosquitto" / "acl").read_text()
+    sections = _listeners(config_map["data"]["mosquitto.conf"])
+    assert sections[""]["per_listener_settings"] == "true"
+    devices, in_cluster = sections["8883"], sections["1883"]
+    assert "acl_file" not in in_cluster  # the fabric's own pods, behind the NetworkPolicy
+    where = Path("/x")
+    files = BrokerFiles(where / "ca", where / "cert", where / "key", where / "crl", where / "acl")
+    generated = _listeners(broker_config_text(files, port=8883, bind="0.0.0.0"))
+    expected = {**generated[""], **generated["8883"]}
+    expected.pop("per_listener_settings")
+    assert set(expected) <= set(devices), f"missing on 8883: {set(expected) - set(devices)}"
+    for directive, value in expected.items():
+        if not value.startswith("/x/"):
+            assert devices[directive] == value, directive
+    spec = pod_spec(objects["StatefulSet", "edgefabric-mosquitto"])
+    assert spec is not None
+    (container,) = spec["containers"]
+    mounted = _mounted(objects, container, spec)
+    assert mounted[devices["acl_file"]] == "ConfigMap/edgefabric-mosquitto"
+    for directive in ("cafile", "certfile", "keyfile", "crlfile"):
+        assert mounted[devices[directive]] == "Secret/edgefabric-broker-tls", directive
+    config = container["command"][container["command"].index("-c") + 1]
+    assert mounted[config] == "ConfigMap/edgefabric-mosquitto"
+
+
 def test_every_pod_is_locked_down(overlay) -> None:
     _, objects = overlay
     for key, manifest in objects.items():
@@ -598,6 +681,19 @@ def test_compose_runs_the_fabric_with_real_commands(
         monkeypatch.setenv(key, str(value))
     gateway = gateway_settings(services["gateway"]["command"], tmp_path)
     assert (gateway.grpc_address, gateway.grpc_port) == ("0.0.0.0", 8001)
+    # the agents are reached by relay over the same broker they use
+    assert gateway.pools == ("edge=mqtt://mosquitto:1883",)
+    # The dashboard: published on the host's loopback, admin tokens required, options valid.
+    store = build_parser().parse_args(services["store"]["command"])
+    options = StoreServerOptions(
+        broker=BrokerAddress.parse(store.broker),
+        http_port=store.http_port,
+        http_address=store.http_address,
+        http_auth=store.auth,
+        http_insecure=store.insecure,
+    )
+    assert (options.http_port, options.http_auth) == (8080, "required")
+    assert services["store"]["ports"] == [f"127.0.0.1:{options.http_port}:{options.http_port}"]
 
 
 def test_systemd_unit_is_hardened_and_runs_the_agent(tmp_path: Path) -> None:

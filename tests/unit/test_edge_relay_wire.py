@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -103,15 +104,25 @@ def test_ok_answers_decode_and_malformed_answers_are_internal() -> None:
 
 
 def test_relay_and_device_topics() -> None:
-    assert topics.relay_response("gw-1") == "ef/v1/relay/resp/gw-1"
-    assert topics.relay_response_client("ef/v1/relay/resp/gw-1") == "gw-1"
-    assert topics.relay_response_client("ef/v1/dev/dev-1/status") is None
-    assert topics.relay_response_client("ef/v1/relay/resp/a/b") is None
+    assert topics.relay_response("gw-1", "dev-1") == "ef/v1/relay/resp/gw-1/dev-1"
+    assert topics.relay_responses("gw-1") == "ef/v1/relay/resp/gw-1/+"
+    assert topics.parse_relay_response("ef/v1/relay/resp/gw-1/dev-1") == ("gw-1", "dev-1")
+    for not_one in (
+        "ef/v1/dev/dev-1/status",
+        "ef/v1/relay/resp/gw-1",
+        "ef/v1/relay/resp/gw-1/",
+        "ef/v1/relay/resp/gw-1/dev-1/x",
+        "ef/v1/relay/resp/+/dev-1",
+        "ef/v1/relay/resp/gw-1/#",
+    ):
+        assert topics.parse_relay_response(not_one) is None, not_one
     assert topics.parse_device_topic("ef/v1/dev/dev-1/health") == ("dev-1", "health")
     assert topics.parse_device_topic("ef/v1/dev/dev-1/x/y") is None
     assert topics.parse_device_topic("ef/v1/repo/req/c") is None
     with pytest.raises(ValueError, match="client id 'a/b' cannot be an MQTT topic level"):
-        topics.relay_response("a/b")
+        topics.relay_response("a/b", "dev-1")
+    with pytest.raises(ValueError, match="device id '\\+' cannot be an MQTT topic level"):
+        topics.relay_response("gw-1", "+")
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -124,8 +135,9 @@ def _gateway(repository: Path, pool: str) -> GatewaySettings:
 
 def test_the_gateway_accepts_mqtt_pools_and_names_what_it_refuses(tmp_path: Path) -> None:
     assert _gateway(tmp_path, "edge=mqtt://127.0.0.1:1883").pools == ("edge=mqtt://127.0.0.1:1883",)
-    with pytest.raises(ValidationError, match=r"mqtts:// is not offered yet"):
-        _gateway(tmp_path, "edge=mqtts://broker:8883")
+    assert _gateway(tmp_path, "edge=mqtts://broker:8883").mqtt_tls() is None  # system CAs
+    with pytest.raises(ValidationError, match=r"expected NAME=grpc://HOST:PORT, NAME=mqtt://"):
+        _gateway(tmp_path, "edge=ws://broker:8883")
     with pytest.raises(ValidationError, match="the port is not a number"):
         _gateway(tmp_path, "edge=mqtt://broker:http")
 
@@ -235,3 +247,43 @@ def test_a_report_naming_another_device_is_ignored(pool: tuple[EdgePool, Clock])
     edge._fleet_message(Message(topics.device_health("a"), b"\xff\x00", 0, False))
     assert "evil" not in edge.models()
     assert _chosen(edge, "mlp", "1") == ["a"]
+
+
+def test_an_answer_is_taken_only_from_the_topic_of_the_device_asked(
+    pool: tuple[EdgePool, Clock],
+) -> None:
+    edge, _ = pool
+
+    async def settle() -> Message:
+        answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        edge._pending[b"corr"] = (answer, "a")
+
+        def reply(device: str) -> Message:
+            topic = topics.relay_response(edge.identity, device)
+            return Message(topic, b"", 1, False, correlation_data=b"corr")
+
+        edge._settle(reply("b"))  # another device, even with the right correlation data
+        assert not answer.done()
+        edge._settle(reply("a"))
+        return await answer
+
+    assert asyncio.run(settle()).topic.endswith("/a")
+
+
+def test_an_agent_going_offline_fails_only_its_own_waiting_requests_at_once(
+    pool: tuple[EdgePool, Clock],
+) -> None:
+    edge, _ = pool
+
+    async def go_offline() -> tuple[BaseException | None, bool]:
+        loop = asyncio.get_running_loop()
+        on_a: asyncio.Future[Message] = loop.create_future()
+        on_b: asyncio.Future[Message] = loop.create_future()
+        edge._pending |= {b"1": (on_a, "a"), b"2": (on_b, "b")}
+        edge._fleet_message(_status("a", online=False))  # its Last Will
+        return on_a.exception(), on_b.done()
+
+    error, b_done = asyncio.run(go_offline())
+    assert isinstance(error, TransportError)
+    assert "agent 'a' will not answer: it went offline" in str(error)
+    assert not b_done

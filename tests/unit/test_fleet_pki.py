@@ -21,6 +21,8 @@ from edgefabric.cli import main
 from edgefabric.errors import ConflictError, SigningKeyError, StoreError
 from edgefabric.mosquitto import PrivateBroker
 from edgefabric.mqtt import BrokerAddress, MqttClient, MqttTls
+from gateway.pools.edge import certificate_name
+from gateway.settings import GatewaySettings
 from model_store.enroll import BrokerFiles, acl_text, broker_config_text
 from model_store.pki import FleetCA, Identity, Role
 
@@ -157,7 +159,9 @@ def test_the_acl_confines_devices_by_pattern_and_lists_active_services(ca: Fleet
         "topic write ef/v1/dev/+/desired",
     ]
     gateway = acl.index("user gw-1")
-    assert "topic read ef/v1/relay/resp/gw-1" in acl[gateway:]
+    assert "topic read ef/v1/relay/resp/gw-1/+" in acl[gateway:]
+    assert "pattern write ef/v1/relay/resp/+/%u" in acl  # each device answers on its own topic
+    assert not [line for line in acl if line.startswith("pattern") and "%u" not in line]
     assert "user old-controller" not in acl
     first_user = next(i for i, line in enumerate(acl) if line.startswith("user "))
     assert not [line for line in acl[:first_user] if line.startswith("topic")]  # anonymous
@@ -229,6 +233,29 @@ def test_agent_tls_settings_are_validated_when_they_load(ca: FleetCA, tmp_path: 
         _agent(tmp_path, mqtt_ca=tmp_path / "missing.pem")
 
 
+def _gateway(tmp_path: Path, *pools: str, **values: object) -> GatewaySettings:
+    base: dict[str, object] = {"model_repository": tmp_path, "pools": pools}
+    return GatewaySettings(**{**base, **values})  # type: ignore[arg-type]
+
+
+def test_gateway_mqtt_tls_settings_are_validated_when_they_load(
+    ca: FleetCA, tmp_path: Path
+) -> None:
+    files = ca.issue("gw-1", Role.GATEWAY).write(tmp_path / "gw-1")
+    tls = {"mqtt_ca": files["ca"], "mqtt_cert": files["cert"], "mqtt_key": files["key"]}
+    good = _gateway(tmp_path, "edge=mqtts://127.0.0.1:8883", **tls)
+    assert good.mqtt_tls() == MqttTls(files["ca"], files["cert"], files["key"])
+    assert certificate_name(files["cert"]) == "gw-1"  # the pool's answer topics use the CN
+    with pytest.raises(ValidationError, match=r"are for mqtts:// pools, and no pool is one"):
+        _gateway(tmp_path, "edge=mqtt://127.0.0.1:1883", **tls)
+    with pytest.raises(ValidationError, match="needs its key"):
+        _gateway(tmp_path, "edge=mqtts://127.0.0.1:8883", mqtt_cert=files["cert"])
+    with pytest.raises(ValidationError, match="does not exist"):
+        _gateway(tmp_path, "edge=mqtts://127.0.0.1:8883", mqtt_ca=tmp_path / "missing.pem")
+    with pytest.raises(ValueError, match=r"cannot read MQTT client certificate .*key\.pem"):
+        certificate_name(files["key"])
+
+
 # ------------------------------------------------------------------ the CLI
 
 
@@ -249,6 +276,23 @@ def test_enroll_writes_credentials_and_bad_input_exits_1_with_the_reason(
     assert "need a TLS broker URL (mqtts://HOST:PORT)" in capsys.readouterr().err
     assert main(["fleet", "identities", *home]) == 0
     assert "cam-1" in capsys.readouterr().out
+
+
+def test_simulate_and_status_take_the_mqtt_tls_flags_and_refuse_them_without_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_pem = ["--mqtt-ca", str(tmp_path / "ca.pem")]
+    plain = ["--broker", "mqtt://127.0.0.1:1"]
+    assert main(["fleet", "simulate", *plain, *ca_pem]) == 2
+    assert "need a TLS broker URL (mqtts://HOST:PORT)" in capsys.readouterr().err
+    tls = ["--broker", "mqtts://127.0.0.1:1", *ca_pem]
+    assert main(["fleet", "simulate", *tls]) == 2
+    assert f"CA file {tmp_path / 'ca.pem'} does not exist" in capsys.readouterr().err
+    status = ["fleet", "status", "--home", str(tmp_path / "home")]
+    assert main([*status, *ca_pem]) == 2
+    assert "give --broker mqtts://HOST:PORT too" in capsys.readouterr().err
+    assert main([*status, *plain, *ca_pem]) == 1
+    assert "need a TLS broker URL (mqtts://HOST:PORT)" in capsys.readouterr().err
 
 
 def test_the_example_in_deploy_matches_the_generator() -> None:
