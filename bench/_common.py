@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -42,13 +43,20 @@ def save(name: str, results: list[dict[str, Any]]) -> Path:
 
 
 @contextmanager
-def gateway_process(repository: Path, *extra: str) -> Iterator[tuple[str, int]]:
-    """Run ``edgefabric gateway serve`` in its own process; yields (host:port, pid)."""
+def gateway_process(
+    repository: Path, *extra: str, source: Path | None = None
+) -> Iterator[tuple[str, int]]:
+    """Run ``edgefabric gateway serve`` in its own process; yields (host:port, pid).
+
+    ``source``: run the code of that source tree (e.g. an extracted older revision) instead of
+    the installed one.
+    """
     command = [
         sys.executable, "-m", "edgefabric.cli", "--log-level", "WARNING", "gateway", "serve",
         "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "-1", *extra,
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=source, env=env)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()

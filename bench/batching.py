@@ -32,6 +32,7 @@ from edgefabric.samples import cnn_model, mlp_model, write_model
 
 MAX_BATCH = 64
 DELAY_US = 500
+OVERLOAD_CHANNELS = 4
 MODELS: dict[str, tuple[Callable[[], Any], str, tuple[int, ...]]] = {
     "mlp": (mlp_model, "x", (16,)),
     "cnn": (cnn_model, "image", (3, 32, 32)),
@@ -96,16 +97,30 @@ def delta(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
 
 
 async def open_loop(
-    address: str, request: bytes, rate_per_s: float, duration_s: float, deadline_s: float
+    address: str,
+    request: bytes,
+    rate_per_s: float,
+    duration_s: float,
+    deadline_s: float,
+    *,
+    channels: int = OVERLOAD_CHANNELS,
 ) -> dict[str, Any]:
-    """Send at a fixed rate regardless of answers; every request carries a gRPC deadline."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", None, None)
+    """Send at a fixed rate regardless of answers; every request carries a gRPC deadline.
+
+    Requests are spread over ``channels`` connections, as from several clients: over one, the
+    server's per-connection stream limit (128) refuses the excess before the server sees it.
+    """
+    opened = [grpc.aio.insecure_channel(address) for _ in range(channels)]
+    try:
+        calls = [
+            ch.unary_unary("/inference.GRPCInferenceService/ModelInfer", None, None)
+            for ch in opened
+        ]
         ok: list[float] = []
         shed: list[float] = []
         codes: dict[str, int] = {}
 
-        async def one() -> None:
+        async def one(call: Any) -> None:
             start = time.perf_counter()
             try:
                 await call(request, timeout=deadline_s)
@@ -121,12 +136,15 @@ async def open_loop(
         sent = 0
         while (now := time.perf_counter()) - began < duration_s:
             due = int((now - began) * rate_per_s) - sent
-            for _ in range(due):
-                tasks.append(asyncio.ensure_future(one()))
+            for index in range(due):
+                tasks.append(asyncio.ensure_future(one(calls[(sent + index) % channels])))
             sent += max(due, 0)
             await asyncio.sleep(0.001)
         await asyncio.gather(*tasks)
         offered = sent / duration_s
+    finally:
+        for channel in opened:
+            await channel.close(None)
 
     return {
         "offered_per_s": round(offered, 1),

@@ -24,7 +24,7 @@ def run_fabric_demo(work: Path, agents: int = 2) -> dict[str, int]:
     """Run the fabric demo in ``work``; returns each process's exit code."""
     with LocalFabric(FabricOptions(work_dir=work, agents=agents)) as fabric:
         print(f"[demo] private mosquitto {fabric.broker_url}, gateway {fabric.gateway_endpoint}")
-        print(f"[demo] agents: {', '.join(fabric.devices)}")
+        print(f"[demo] agents: {', '.join(fabric.devices)}; dashboard {fabric.dashboard_url}")
         for version in (1, 2):
             summary = fabric.rollout(version, stages="50%,100%")
             print(

@@ -66,9 +66,16 @@ class DataPlane:
         return served, served.resolve(version)
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        """Whether that model (version) can serve now."""
+        """Whether that model (version) can serve now.
+
+        Asked for every routed request, so a model that is not served locally costs a scan of
+        the loaded models, not the repository lookup's directory listing and error message.
+        """
+        served = next((m for m in self.repository.loaded() if m.name == name), None)
+        if served is None:
+            return False
         try:
-            self.resolve(name, version)
+            served.resolve(version)
         except EdgefabricError:
             return False
         return True

@@ -10,11 +10,13 @@
                                  one topic per answering device (ACL: a device writes its own)
     ef/v1/repo/req/{client}      TUF repository requests (MQTT 5 response topic + correlation)
     ef/v1/repo/resp/{client}     their answers
+    ef/v1/gw/{gateway}/stats     a gateway's routing statistics per model and pool, every
+                                 report interval (QoS 0, not retained; ACL: its own name only)
 
 ``{device}`` and ``{client}`` are one topic level each. A device's id is its MQTT client id and
 its certificate's CN, so broker ACLs match it with ``%u`` (docs/adr/0015); a relaying gateway's
 ``{client}`` is its certificate's CN when it has one (the name its ACL entry grants), else its
-client id.
+client id; so is a gateway's ``{gateway}`` in its statistics topic.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "ALL_DEVICE_EVENTS",
     "ALL_DEVICE_HEALTH",
     "ALL_DEVICE_STATUS",
+    "ALL_GATEWAY_STATS",
     "ALL_ROLLOUTS",
     "PREFIX",
     "REPO_REQUEST_FILTER",
@@ -31,7 +34,9 @@ __all__ = [
     "device_health",
     "device_infer",
     "device_status",
+    "gateway_stats",
     "parse_device_topic",
+    "parse_gateway_stats",
     "parse_relay_response",
     "relay_response",
     "relay_responses",
@@ -47,10 +52,13 @@ _REPO_REQUEST = f"{PREFIX}/repo/req/"
 _REPO_RESPONSE = f"{PREFIX}/repo/resp/"
 _RELAY_RESPONSE = f"{PREFIX}/relay/resp/"
 _DEVICE = f"{PREFIX}/dev/"
+_GATEWAY = f"{PREFIX}/gw/"
+_STATS = "/stats"
 REPO_REQUEST_FILTER = f"{_REPO_REQUEST}+"
 ALL_DEVICE_STATUS = f"{PREFIX}/dev/+/status"
 ALL_DEVICE_HEALTH = f"{PREFIX}/dev/+/health"
 ALL_DEVICE_EVENTS = f"{PREFIX}/dev/+/events"
+ALL_GATEWAY_STATS = f"{_GATEWAY}+{_STATS}"
 ALL_ROLLOUTS = f"{PREFIX}/rollouts/+"
 """What the distribution server subscribes to: every client's repository requests."""
 
@@ -124,6 +132,21 @@ def parse_device_topic(topic: str) -> tuple[str, str] | None:
         return None
     try:
         return _level("device id", device), kind
+    except ValueError:
+        return None
+
+
+def gateway_stats(gateway: str) -> str:
+    """A gateway's periodic routing statistics (``GatewayStats``, QoS 0, not retained)."""
+    return f"{_GATEWAY}{_level('gateway id', gateway)}{_STATS}"
+
+
+def parse_gateway_stats(topic: str) -> str | None:
+    """The gateway id of an ``ef/v1/gw/{gateway}/stats`` topic, or None if it is not one."""
+    if not topic.startswith(_GATEWAY) or not topic.endswith(_STATS):
+        return None
+    try:
+        return _level("gateway id", topic[len(_GATEWAY) : -len(_STATS)])
     except ValueError:
         return None
 

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from edgefabric.dataplane import DataPlane
+from edgefabric.kserve.admission import AdmissionConfig
 from edgefabric.kserve.server import KServeServer, ServerOptions, start_server
 from edgefabric.metrics import ServingMetrics
 from edgefabric.models.repository import ModelRepository
@@ -25,6 +26,7 @@ from gateway.admin import admin_handler
 from gateway.pools.base import Pool
 from gateway.pools.edge import EdgePool
 from gateway.pools.remote import RemoteKServePool
+from gateway.reporting import build_reporter
 from gateway.router import Router
 from gateway.routing import RoutingPolicy, parse_routes
 from gateway.settings import GatewaySettings
@@ -54,11 +56,15 @@ class Gateway:
             default_max_batch_size=settings.default_max_batch_size,
             metrics=metrics,
         )
-        self.data = DataPlane(self.repository, metrics=metrics)
+        self.reporter = build_reporter(settings)  # routing statistics for the dashboard
+        local = self.reporter.observe_local if self.reporter is not None else None
+        self.data = DataPlane(self.repository, metrics=metrics, observer=local)
         self.router = _build_router(settings, self.data)
         self.telemetry = GatewayMetrics(metrics.registry, self._pool_health)
         if self.router is not None:
             self.router.observer = self.telemetry.observe_route
+            if self.reporter is not None:
+                self.router.observer = self.reporter.route_observer(self.telemetry.observe_route)
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._tracing = False
         self._server: KServeServer | None = None
@@ -90,6 +96,10 @@ class Gateway:
                 insecure=self.settings.insecure,
                 access=_access_control(self.settings),
                 max_deadline_s=self.settings.max_deadline_s or None,
+                admission=AdmissionConfig(
+                    max_in_flight=self.settings.admission_max_in_flight,
+                    min_in_flight=self.settings.admission_min_in_flight,
+                ),
             ),
             self.router,
             (admin_handler(lambda: self.router),),
@@ -104,6 +114,8 @@ class Gateway:
         if endpoint and not tracing.enabled():
             tracing.configure("edgefabric-gateway", endpoint=endpoint)
             self._tracing = True
+        if self.reporter is not None:
+            await self.reporter.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain in-flight requests (health NOT_SERVING first), then release the models."""
@@ -111,6 +123,8 @@ class Gateway:
             return
         await self._server.stop(self.settings.drain_grace_s if grace_s is None else grace_s)
         self._server = None
+        if self.reporter is not None:  # after the drain: the last report counts it
+            await self.reporter.stop()
         if self.router is not None:
             await self.router.stop()
         if self._metrics_endpoint is not None:

@@ -50,6 +50,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument(
         "--route", dest="routes", action="append", help="route table entry (repeatable)"
     )
+    serve.add_argument(
+        "--report-broker",
+        help="publish routing statistics to this mqtt[s]://HOST:PORT broker for the store's "
+        "dashboard (default: the first mqtt[s]:// pool's broker)",
+    )
+    serve.add_argument(
+        "--report-interval-s", type=float, help="seconds between statistics reports (0 = off)"
+    )
+    serve.add_argument(
+        "--gateway-id", help="name in the statistics topic (default: the --mqtt-cert CN, else host)"
+    )
     add_tls_arguments(serve)
     serve.add_argument(
         "--auth",
@@ -65,6 +76,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--home", type=Path, help="EDGEFABRIC_HOME: tokens and audit log")
     serve.add_argument(
         "--max-deadline-s", type=float, help="longest deadline honoured (default 300; 0 = no cap)"
+    )
+    serve.add_argument(
+        "--admission-max-in-flight",
+        type=int,
+        help="refuse ModelInfer calls beyond this many in progress (RESOURCE_EXHAUSTED; 0 = off)",
+    )
+    serve.add_argument(
+        "--admission-min-in-flight",
+        type=int,
+        help="check deadlines against the predicted wait from this many calls in progress "
+        "(default 4)",
     )
     serve.set_defaults(handler=_serve)
     _register_swap(sub)

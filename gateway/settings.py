@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgefabric import topics
 from edgefabric.kserve.limits import RequestLimits
 from edgefabric.mqtt import BrokerAddress, MqttTls
 from edgefabric.security.tls import ServerTls, check_exposure, is_loopback
@@ -42,6 +44,20 @@ class GatewaySettings(BaseSettings):
         ge=0,
         description="RPCs in progress beyond which gRPC sheds new ones at once with "
         "RESOURCE_EXHAUSTED, before they queue in the process; 0: no limit.",
+    )
+    admission_max_in_flight: int = Field(
+        0,
+        ge=0,
+        description="ModelInfer calls in progress beyond which new ones are refused at once "
+        "with RESOURCE_EXHAUSTED and a retry-after-ms hint, before decoding; 0: no cap "
+        "(deadlines are still checked).",
+    )
+    admission_min_in_flight: int = Field(
+        4,
+        ge=1,
+        description="ModelInfer calls in progress below which every call is admitted; from "
+        "here on one whose deadline is shorter than the wait predicted from the calls in "
+        "flight and the measured completion rate is refused with DEADLINE_EXCEEDED.",
     )
     max_inputs: int = Field(256, ge=1, description="Input tensors one request may carry.")
     max_outputs: int = Field(256, ge=1, description="Outputs one request may ask for.")
@@ -110,6 +126,21 @@ class GatewaySettings(BaseSettings):
     routes: tuple[str, ...] = Field(
         (), description="Route table entries (see gateway/routing/table.py for the syntax)."
     )
+    report_broker: str = Field(
+        "",
+        description="MQTT broker (mqtt://HOST:PORT or mqtts://HOST:PORT, TLS files as for the "
+        "pools) to publish routing statistics per model and pool to, on "
+        "ef/v1/gw/{gateway_id}/stats, for the store's dashboard; empty: the broker of the "
+        "first mqtt[s]:// pool, and none without one.",
+    )
+    report_interval_s: float = Field(
+        10.0, ge=0, description="Seconds between statistics reports; 0 turns reporting off."
+    )
+    gateway_id: str = Field(
+        "",
+        description="This gateway's name in its statistics topic; empty: the CN of --mqtt-cert "
+        "when the report broker is mqtts:// (the name the broker ACL grants), else the host name.",
+    )
 
     tls_cert: Path | None = Field(
         None, description="Server certificate chain (PEM); with tls_key, the API speaks TLS."
@@ -155,6 +186,28 @@ class GatewaySettings(BaseSettings):
         "this one; 0: no cap.",
     )
 
+    def report_target(self) -> str | None:
+        """The broker statistics go to: ``report_broker``, else the first edge pool's; ``None``
+        when there is neither or ``report_interval_s`` is 0."""
+        if self.report_interval_s == 0:
+            return None
+        if self.report_broker:
+            return self.report_broker
+        targets = (item.partition("=")[2] for item in self.pools)
+        return next((t for t in targets if t.startswith(("mqtt://", "mqtts://"))), None)
+
+    def report_gateway_id(self) -> str:
+        """``gateway_id``, else the client certificate's CN (mqtts:// report broker), else the
+        host name."""
+        if self.gateway_id:
+            return self.gateway_id
+        target = self.report_target() or ""
+        if target.startswith("mqtts://") and self.mqtt_cert is not None:
+            from gateway.pools.edge import certificate_name  # noqa: PLC0415  (loaded when used)
+
+            return certificate_name(self.mqtt_cert)
+        return socket.gethostname() or "gateway"
+
     def mqtt_tls(self) -> MqttTls | None:
         """TLS for the ``mqtts://`` pools (``None``: none of the files given)."""
         if self.mqtt_ca is None and self.mqtt_cert is None and self.mqtt_key is None:
@@ -180,6 +233,7 @@ class GatewaySettings(BaseSettings):
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
         self.server_tls()  # refuses unreadable or mismatched PEM files now
         self._check_mqtt_tls()
+        self._check_reporting()
         check_exposure(self.grpc_address, tls=self.tls_cert is not None, insecure=self.insecure)
         if self.auth == "none" and not self.allow_anonymous and not is_loopback(self.grpc_address):
             raise ValueError(
@@ -195,16 +249,36 @@ class GatewaySettings(BaseSettings):
         if tls is None:
             return
         named = [f"--{n.replace('_', '-')}" for n in ("mqtt_ca", "mqtt_cert", "mqtt_key")]
-        if not any(item.partition("=")[2].startswith("mqtts://") for item in self.pools):
+        if not any(
+            item.partition("=")[2].startswith("mqtts://") for item in self.pools
+        ) and not self.report_broker.startswith("mqtts://"):
             raise ValueError(
-                f"{'/'.join(named)} are for mqtts:// pools, and no pool is one (pools: "
-                f"{', '.join(self.pools) or 'none'}); give --pool NAME=mqtts://HOST:PORT"
+                f"{'/'.join(named)} are for mqtts:// pools and an mqtts:// --report-broker, and "
+                f"there is neither (pools: {', '.join(self.pools) or 'none'}); give --pool "
+                "NAME=mqtts://HOST:PORT or --report-broker mqtts://HOST:PORT"
             )
         tls.context()  # unreadable, missing or mismatched files are reported now
         if tls.cert_file is not None:
             from gateway.pools.edge import certificate_name  # noqa: PLC0415  (loaded when used)
 
             certificate_name(tls.cert_file)
+
+    def _check_reporting(self) -> None:
+        target = self.report_target()
+        if target is None:
+            return
+        BrokerAddress.parse(target)  # ValueError says what is wrong with the address
+        topics.gateway_stats(self.report_gateway_id())  # one safe topic level
+        if self.gateway_id and target.startswith("mqtts://") and self.mqtt_cert is not None:
+            from gateway.pools.edge import certificate_name  # noqa: PLC0415  (loaded when used)
+
+            name = certificate_name(self.mqtt_cert)
+            if name != self.gateway_id:
+                raise ValueError(
+                    f"gateway_id {self.gateway_id!r} differs from the CN {name!r} of "
+                    f"{self.mqtt_cert}: the broker ACL lets this gateway publish statistics "
+                    f"only as {name!r}; leave --gateway-id out or set it to {name!r}"
+                )
 
     def request_limits(self) -> RequestLimits:
         """The decoding limits these settings set for every inference request."""

@@ -9,7 +9,9 @@ The broker takes the client certificate's Common Name as the username
 * a **controller** (the store's serving process, ``fleet assign``) reads all of ``ef/v1/`` and
   writes desired state, rollout progress and repository answers;
 * a **gateway** relays inference requests to devices and reads their answers (on topics under
-  its own name) and their reports.
+  its own name) and their reports, and publishes its routing statistics on
+  ``ef/v1/gw/{its name}/stats`` (a ``topic`` line under its name rather than a ``pattern``, so
+  no device can publish there under its own).
 
 Devices need no ACL change when they enroll (the patterns cover every name); controller and
 gateway identities are listed by name, so regenerate the broker configuration after enrolling
@@ -73,6 +75,9 @@ def _gateway_rules(name: str) -> tuple[tuple[str, str], ...]:
         ("read", f"{P}/dev/+/status"),
         ("read", f"{P}/dev/+/health"),
         ("read", f"{P}/relay/resp/{name}/+"),
+        # Routing statistics for the dashboard: under its own name only (the controller's
+        # read of ef/v1/# covers them).
+        ("write", f"{P}/gw/{name}/stats"),
     )
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Literal
 
-from edgefabric.mqtt import BrokerAddress, MqttClient, MqttTls
+from edgefabric import topics
+from edgefabric.errors import InvalidInputError
+from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttTls
 from edgefabric.security.tls import https_context
 from edgefabric.security.tokens import TokenStore, TokenVerifier
 from edgefabric.telemetry.endpoint import MetricsEndpoint
@@ -31,6 +34,7 @@ from model_store.dashboard import (
     FleetHistory,
     allow_all,
     check_dashboard_exposure,
+    decode_gateway_stats,
     require_admin,
 )
 from model_store.distribution import DEFAULT_CHUNK_SIZE, DistributionServer, RepoResponder
@@ -151,7 +155,18 @@ class StoreServer:
         )
         self._controller_thread.start()
         if self.dashboard is not None:
+            # Gateways' routing statistics: the charts of pools devices never report.
+            self._mqtt.subscribe(topics.ALL_GATEWAY_STATS, self._on_gateway_stats, qos=0)
             self.dashboard.start()
+
+    def _on_gateway_stats(self, message: Message) -> None:
+        """One gateway's report (on the MQTT thread): into the dashboard's history."""
+        try:
+            gateway_id, stats = decode_gateway_stats(message.topic, message.payload)
+        except InvalidInputError as exc:
+            log.warning("dashboard: %s", exc)
+            return
+        self.history.observe_gateway(gateway_id, stats, time.time())
 
     def _dashboard_authorize(self) -> Authorize:
         """The hook given to the constructor, else admin tokens when auth is required."""

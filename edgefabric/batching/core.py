@@ -16,9 +16,11 @@ group. Requests of other groups are skipped, not blocked behind.
 
 Launch. A batch starts at once when it reaches a preferred size or ``max_batch_size`` (it is
 cut at the largest preferred size it reaches), or when the next request of its group does not
-fit, or (``skip_idle_delay``) while requests arrive further apart than ``max_queue_delay_us``
-on average (an EWMA of the gaps, each counted up to two delays): then waiting would not find
-company and only adds latency. Otherwise it starts when its oldest request has waited
+fit, or (``skip_idle_delay``) while requests arrive clearly further apart than
+``max_queue_delay_us`` (an EWMA of the gaps, each counted up to three delays, above 1.5 delays):
+then waiting would not find company and only adds latency. The margin matters: a server that is
+saturated by per-request work sees gaps near its per-request cost even under heavy load, and
+there waiting is what forms batches. Otherwise it starts when its oldest request has waited
 ``max_queue_delay_us``, or earlier when waiting longer would make one of its requests miss its
 deadline (estimated run time).
 At most ``max_concurrent_batches`` run at once. The best-ranked batch goes first; while it is
@@ -63,7 +65,8 @@ from edgefabric.errors import DeadlineExceededError, InvalidInputError, Overload
 __all__ = ["BatchReady", "BatchingCore", "Event", "Expired", "ExpiryReason", "Released"]
 
 _EWMA_WEIGHT = 0.2
-_GAP_CAP = 2
+_GAP_CAP = 3
+_SPARSE_MARGIN = 1.5
 
 
 class ExpiryReason(enum.Enum):
@@ -389,7 +392,10 @@ class BatchingCore:
         old = self._gap_ewma_ns
         ewma = gap if old is None else old + _EWMA_WEIGHT * (gap - old)
         self._gap_ewma_ns = ewma
-        sparse = self.config.skip_idle_delay and ewma > self.config.max_queue_delay_us * 1000
+        sparse = (
+            self.config.skip_idle_delay
+            and ewma > _SPARSE_MARGIN * self.config.max_queue_delay_us * 1000
+        )
         if sparse is not self._sparse:
             self._sparse = sparse
             self._plans.clear()  # every filling batch's launch time changes

@@ -46,6 +46,7 @@ def _up(args: argparse.Namespace) -> int:
             print(f"broker   {fabric.broker_url}")
             print(f"store    EDGEFABRIC_HOME={fabric.home}")
             print(f"gateway  {fabric.gateway_endpoint}  (KServe v2 gRPC; try tritonclient)")
+            print(f"dashboard {fabric.dashboard_url}")
             summary = fabric.rollout(1)
             print(f"rollout of {MODEL}:1 to the agents: {summary['phase']}")
             print("Ctrl-C stops everything")
@@ -69,4 +70,10 @@ def _status(fabric: LocalFabric) -> str:
     line = f"devices: {devices or '-'}"
     if down:
         line += f"  (exited: {', '.join(down)})"
+    pools = fabric.pool_totals()
+    if pools:
+        line += "\nrouted:  " + "  ".join(
+            f"{key} {t.requests} req {t.errors} err p99 {t.last_p99_ms:.1f} ms"
+            for key, t in sorted(pools.items())
+        )
     return line

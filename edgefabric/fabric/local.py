@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -23,13 +24,23 @@ import numpy as np
 from edgefabric import topics
 from edgefabric.fabric.processes import Child, run_command
 from edgefabric.mosquitto import PrivateBroker
-from edgefabric.mqtt import BrokerAddress, MqttClient
+from edgefabric.mqtt import BrokerAddress, Message, MqttClient
 from edgefabric.samples import mlp_model
+from edgefabric.wire.v1.gateway_pb2 import GatewayStats
 
-__all__ = ["FabricOptions", "LocalFabric"]
+__all__ = ["FabricOptions", "LocalFabric", "PoolTotals"]
 
 MODEL = "mlp"
 _HIDDEN_BY_VERSION = {1: 32, 2: 48}
+
+
+@dataclass(frozen=True)
+class PoolTotals:
+    """What the gateway routed to one model in one pool, summed over its reports."""
+
+    requests: int = 0
+    errors: int = 0
+    last_p99_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class FabricOptions:
     wait_s: float = 90.0
     sites: tuple[str, ...] = ("north", "south")
     route_extra: str = ""
+    report_interval_s: float = 2.0
     gateway_args: tuple[str, ...] = field(default=())
 
 
@@ -61,6 +73,9 @@ class LocalFabric:
         self.broker: PrivateBroker | None = None
         self.gateway: Child | None = None
         self.agents: dict[str, Child] = {}
+        self.dashboard_url = ""
+        self._pool_lock = threading.Lock()
+        self._pool_totals: dict[str, PoolTotals] = {}
 
     @property
     def broker_url(self) -> str:
@@ -103,15 +118,18 @@ class LocalFabric:
         run_command(self.home, "model", "export", MODEL, "--to", str(repository))
         self.broker = self._stack.enter_context(PrivateBroker(work / "broker"))
         store = Child(
-            "store", self.home, "store", "serve", "--broker", self.broker.url, ready="serving"
-        )
+            "store", self.home, "store", "serve", "--broker", self.broker.url,
+            "--http-port", "0", ready="serving", extra_lines=1,
+        )  # fmt: skip
         self._stack.callback(store.stop)
+        self.dashboard_url = store.extra_lines[0].rsplit(" ", 1)[-1]
         watcher = self._stack.enter_context(
             MqttClient(BrokerAddress.parse(self.broker.url), "fabric-watch")
         )
         watcher.subscribe(
             topics.ALL_ROLLOUTS, lambda message: self._rollouts.put(json.loads(message.payload))
         )
+        watcher.subscribe(topics.ALL_GATEWAY_STATS, self._on_gateway_stats)
         for index, device in enumerate(self.devices):
             site = self.options.sites[index % len(self.options.sites)]
             agent = Child(
@@ -131,7 +149,9 @@ class LocalFabric:
             "gateway", self.home, "gateway", "serve", "--model-repository", str(repository),
             "--grpc-port", "0", "--metrics-port", "0",
             "--pool", f"edge=mqtt://127.0.0.1:{self.broker.port}",
-            "--route", route + self.options.route_extra, *self.options.gateway_args,
+            "--route", route + self.options.route_extra,
+            "--report-interval-s", f"{self.options.report_interval_s:g}",
+            *self.options.gateway_args,
             ready="listening on",
         )  # fmt: skip
         self._stack.callback(self.gateway.stop)
@@ -180,7 +200,24 @@ class LocalFabric:
             versions[row.device_id] = ",".join(active) or "-"
         return versions
 
+    def pool_totals(self) -> dict[str, PoolTotals]:
+        """Requests per ``model · pool`` the gateway reported since the fabric started."""
+        with self._pool_lock:
+            return dict(self._pool_totals)
+
     # ------------------------------------------------------------------ internals
+
+    def _on_gateway_stats(self, message: Message) -> None:
+        report = GatewayStats.FromString(message.payload)
+        with self._pool_lock:
+            for interval in report.pools:
+                key = f"{interval.model} · {interval.pool}"
+                totals = self._pool_totals.get(key, PoolTotals())
+                self._pool_totals[key] = PoolTotals(
+                    requests=totals.requests + interval.requests,
+                    errors=totals.errors + interval.errors,
+                    last_p99_ms=interval.p99_ms or totals.last_p99_ms,
+                )
 
     def _prepare_store(self) -> None:
         work = self.options.work_dir

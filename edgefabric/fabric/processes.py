@@ -37,7 +37,7 @@ def run_command(home: Path, *args: str) -> str:
 class Child:
     """A long-running ``edgefabric`` command that prints one line when it is ready."""
 
-    def __init__(self, name: str, home: Path, *args: str, ready: str) -> None:
+    def __init__(self, name: str, home: Path, *args: str, ready: str, extra_lines: int = 0) -> None:
         self.name = name
         self._process = subprocess.Popen(  # noqa: S603  (the project's own CLI)
             _command(args),
@@ -47,8 +47,10 @@ class Child:
             start_new_session=True,  # Ctrl-C reaches the parent, which stops children in order
         )
         stdout = self._process.stdout
-        self.ready_line = stdout.readline().strip() if stdout is not None else ""
-
+        lines = [stdout.readline().strip() for _ in range(1 + extra_lines)] if stdout else [""]
+        self.ready_line = lines[0]
+        self.extra_lines = lines[1:]
+        """Lines printed right after the ready line (e.g. a second listener's address)."""
         if ready not in self.ready_line:
             self._process.kill()
             self._process.wait()

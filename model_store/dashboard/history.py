@@ -11,9 +11,12 @@ and errors moved, and what happened when. :class:`FleetHistory` is handed every 
 - each device's latest health details (slots and their states, execution provider, resources);
 - the latest ``max_events`` device events and online/offline changes.
 
-Edge devices are the ``edge`` pool. Time is the controller's receive time, passed in; nothing
-here reads a clock. Thread-safe: one lock around every method;
-:meth:`FleetHistory.wait_for` waits on it for a condition, so tests need not poll.
+Edge devices are the ``edge`` pool. Gateways report their own pools (``local``, remote Triton
+or KServe pools, edge pools as they see them) per interval, through
+:meth:`FleetHistory.observe_gateway` (``GatewayStats`` from ``ef/v1/gw/{gateway}/stats``);
+their series carry the gateway's id, the devices' an empty one. Time is the controller's
+receive time, passed in; nothing here reads a clock. Thread-safe: one lock around every
+method; :meth:`FleetHistory.wait_for` waits on it for a condition, so tests need not poll.
 """
 
 from __future__ import annotations
@@ -24,12 +27,28 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
+from edgefabric import topics
+from edgefabric.errors import InvalidInputError
 from edgefabric.wire.v1.fleet_pb2 import DeviceStatus, Event, Health
+from edgefabric.wire.v1.gateway_pb2 import GatewayStats
 from model_store.fleet_records import Report
 
-__all__ = ["EDGE_POOL", "DeviceHealth", "FleetHistory", "Point", "Series", "TimelineEvent"]
+__all__ = [
+    "EDGE_POOL",
+    "MAX_GATEWAY_SERIES",
+    "DeviceHealth",
+    "FleetHistory",
+    "Point",
+    "Series",
+    "TimelineEvent",
+    "decode_gateway_stats",
+]
 
 EDGE_POOL = "edge"
+MAX_GATEWAY_SERIES = 1024
+"""Models and pools one gateway report may carry (the gateway keeps as many per interval)."""
 _ERROR_KINDS = frozenset({Event.INSTALL_FAILED, Event.REJECTED})
 _WARNING_KINDS = frozenset({Event.ROLLED_BACK})
 
@@ -84,11 +103,13 @@ class Point:
 
 @dataclass(frozen=True)
 class Series:
-    """One model in one pool over a window, oldest point first."""
+    """One model in one pool over a window, oldest point first; ``gateway``: the gateway that
+    reported it, ``""`` for what devices report."""
 
     model: str
     pool: str
     points: tuple[Point, ...]
+    gateway: str = ""
 
 
 @dataclass(slots=True)
@@ -110,7 +131,7 @@ class _Bucket:
 
 @dataclass
 class _State:
-    buckets: dict[tuple[int, str, str], _Bucket] = field(default_factory=dict)
+    buckets: dict[tuple[int, str, str, str], _Bucket] = field(default_factory=dict)
     counters: dict[tuple[str, str, int], tuple[int, int]] = field(default_factory=dict)
     health: dict[str, DeviceHealth] = field(default_factory=dict)
     oldest_bucket: int = 0
@@ -197,13 +218,30 @@ class FleetHistory:
                 delta = counts  # the device restarted its counters
             else:
                 delta = (counts[0] - before[0], counts[1] - before[1])
-            bucket = state.buckets.setdefault((index, model.model, self._pool), _Bucket())
+            bucket = state.buckets.setdefault((index, model.model, self._pool, ""), _Bucket())
             bucket.requests += delta[0]
             bucket.errors += delta[1]
             if model.requests and model.p99_ms > 0:
                 bucket.p50_sum += model.p50_ms
                 bucket.p50_count += 1
                 bucket.p99_max = max(bucket.p99_max or 0.0, model.p99_ms)
+
+    def observe_gateway(self, gateway_id: str, stats: GatewayStats, received_s: float) -> None:
+        """Fold in one interval a gateway reported: its counts go to the bucket of
+        ``received_s``; a latency that is not a finite positive number is left out."""
+        with self._lock:
+            index = math.floor(received_s / self.resolution_s)
+            self._prune(index)
+            for pool in stats.pools:
+                key = (index, pool.model, pool.pool, gateway_id)
+                bucket = self._state.buckets.setdefault(key, _Bucket())
+                bucket.requests += int(pool.requests)
+                bucket.errors += int(pool.errors)
+                if _latency(pool.p50_ms) and _latency(pool.p99_ms):
+                    bucket.p50_sum += pool.p50_ms
+                    bucket.p50_count += 1
+                    bucket.p99_max = max(bucket.p99_max or 0.0, pool.p99_ms)
+            self._changed.notify_all()
 
     def _prune(self, index: int) -> None:
         state = self._state
@@ -259,8 +297,9 @@ class FleetHistory:
             return list(self._events)
 
     def series(self, window_s: float, now_s: float, *, max_points: int = 60) -> list[Series]:
-        """Per model and pool, ``window_s`` up to ``now_s`` in at most ``max_points`` points
-        (each a whole number of buckets), oldest first; sorted by model, then pool."""
+        """Per model, pool and reporting gateway, ``window_s`` up to ``now_s`` in at most
+        ``max_points`` points (each a whole number of buckets), oldest first; sorted by model,
+        pool, then gateway (devices' series first)."""
         if not 0 < window_s <= self.retention_s:
             raise ValueError(
                 f"window {window_s:g} s is outside what is kept: expected 0 < window <= "
@@ -273,11 +312,12 @@ class FleetHistory:
         count = math.ceil(window_s / resolution / per_point)
         end = math.floor(now_s / resolution) + 1  # the bucket after the current one
         first = end - count * per_point
-        merged: dict[tuple[str, str], list[_Bucket]] = {}
+        merged: dict[tuple[str, str, str], list[_Bucket]] = {}
         with self._lock:
-            for (index, model, pool), bucket in self._state.buckets.items():
+            for (index, model, pool, gateway), bucket in self._state.buckets.items():
                 if first <= index < end:
-                    points = merged.setdefault((model, pool), [_Bucket() for _ in range(count)])
+                    key = (model, pool, gateway)
+                    points = merged.setdefault(key, [_Bucket() for _ in range(count)])
                     points[(index - first) // per_point].add(bucket)
         return [
             Series(
@@ -293,6 +333,45 @@ class FleetHistory:
                     )
                     for i, b in enumerate(points)
                 ),
+                gateway,
             )
-            for (model, pool), points in sorted(merged.items())
+            for (model, pool, gateway), points in sorted(merged.items())
         ]
+
+
+def _latency(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def decode_gateway_stats(topic: str, payload: bytes) -> tuple[str, GatewayStats]:
+    """``(gateway id, report)`` from one message on ``ef/v1/gw/{gateway}/stats``.
+
+    ``InvalidInputError`` says what is wrong: another topic, a payload that is not a
+    ``GatewayStats``, a report naming another gateway than its topic (the broker ACL vouches
+    for the topic only), or more than ``MAX_GATEWAY_SERIES`` models and pools.
+    """
+    gateway_id = topics.parse_gateway_stats(topic)
+    if gateway_id is None:
+        raise InvalidInputError(
+            f"topic {topic!r} is not a gateway statistics topic: expected "
+            f"{topics.gateway_stats('{gateway}')}"
+        )
+    stats = GatewayStats()
+    try:
+        stats.ParseFromString(payload)
+    except DecodeError as exc:
+        raise InvalidInputError(
+            f"gateway statistics on {topic}: {len(payload)} bytes that are not a GatewayStats "
+            f"message ({exc}); the sender speaks another wire version, or is not a gateway"
+        ) from None
+    if stats.gateway_id != gateway_id:
+        raise InvalidInputError(
+            f"gateway statistics on {topic} name gateway {stats.gateway_id!r}: a gateway "
+            f"reports under its own name only, dropped"
+        )
+    if len(stats.pools) > MAX_GATEWAY_SERIES:
+        raise InvalidInputError(
+            f"gateway statistics on {topic} carry {len(stats.pools)} models and pools, more "
+            f"than the {MAX_GATEWAY_SERIES} a report may; dropped"
+        )
+    return gateway_id, stats

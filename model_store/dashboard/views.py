@@ -192,6 +192,7 @@ def series_json(series: Series) -> dict[str, object]:
     return {
         "model": series.model,
         "pool": series.pool,
+        "gateway": series.gateway or None,  # None: reported by edge devices
         "points": [
             {
                 "t_s": p.t_s,

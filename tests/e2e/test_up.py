@@ -46,6 +46,12 @@ def test_up_runs_the_fabric_until_interrupted(tmp_path: Path) -> None:
                 answer = client.infer("mlp", [tensor], client_timeout=10).get_response()
                 pools.add(answer.parameters["edgefabric.pool"].string_param)
             assert pools == {"local", "edge"}
+        # the status view adds what the gateway reports routing, per model and pool
+        routed = _read_until(process, "mlp · edge")[-1]
+        assert routed.startswith("routed:"), routed
+        assert "mlp · local" in routed, routed
+        dashboard = next(line for line in started if line.startswith("dashboard"))
+        assert dashboard.split()[1].startswith("http://127.0.0.1:")
         process.send_signal(signal.SIGINT)
         rest = _read_until(process, "stopped: ")
         assert rest[-1] == "stopped: gateway 0, device-1 0, device-2 0"

@@ -9,13 +9,17 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton_aio
+from pydantic import ValidationError
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
+from edgefabric.cli import build_parser
 from edgefabric.dataplane import DataPlane
 from edgefabric.kserve.admission import AdmissionConfig
 from edgefabric.kserve.server import ServerOptions, start_server
 from edgefabric.models.repository import ModelRepository
 from edgefabric.samples import mlp_model, write_model
+from tests.conftest import settings_for
 from tests.integration.gated import GatedRuntime
 
 pytestmark = pytest.mark.integration
@@ -101,3 +105,49 @@ def test_refusal_carries_retry_after_trailer(tmp_path: Path) -> None:
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     trailing: dict[str, str] = dict(error.trailing_metadata() or ())  # type: ignore[arg-type]
     assert int(trailing["retry-after-ms"]) >= 1
+
+
+def test_gateway_settings_cap_calls_in_flight(start_gateway, tmp_path: Path) -> None:
+    """``admission_max_in_flight`` (``--admission-max-in-flight``) reaches the server."""
+    write_model(tmp_path, "mlp", mlp_model())
+    runtime = GatedRuntime()
+    running = start_gateway(
+        tmp_path, runtime=runtime, admission_max_in_flight=1, admission_min_in_flight=1
+    )
+    request = pb.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
+
+    async def scenario() -> grpc.aio.AioRpcError:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelInferResponse.FromString,
+            )
+            held = asyncio.ensure_future(stub(request, timeout=30))
+            await asyncio.to_thread(runtime.gate.wait_entered)
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub(request, timeout=30)
+            finally:
+                runtime.gate.opened.set()
+            await held
+            return refused.value
+
+    refused = asyncio.run(scenario())
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit (max_in_flight)" in (refused.details() or "")
+
+
+def test_admission_flags_parse_and_bad_values_are_explained(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["gateway", "serve", "--model-repository", str(tmp_path), "--admission-max-in-flight",
+         "64", "--admission-min-in-flight", "8"]
+    )  # fmt: skip
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    settings = settings_for(tmp_path, **{k: given[k] for k in given if k.startswith("admission")})
+    assert (settings.admission_max_in_flight, settings.admission_min_in_flight) == (64, 8)
+    for field, bad in (("admission_min_in_flight", 0), ("admission_max_in_flight", -1)):
+        with pytest.raises(ValidationError, match=field):
+            settings_for(tmp_path, **{field: bad})

@@ -32,6 +32,7 @@ from edgefabric.mosquitto import PrivateBroker
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttTls
 from edgefabric.samples import mlp_model
 from edgefabric.wire.v1.fleet_pb2 import Event
+from edgefabric.wire.v1.gateway_pb2 import GatewayStats
 from model_store.pki import FleetCA, Role
 from tests.cli import run_edgefabric
 from tests.conftest import GatewayThread
@@ -237,6 +238,18 @@ def test_the_controller_identity_can_publish_desired_state(clients: Clients) -> 
     assert device.before(topics.device_desired("dev-a"), desired) == []
 
 
+def test_a_gateway_publishes_statistics_under_its_own_name_only(clients: Clients) -> None:
+    observer = Inbox()
+    clients.connect("edgefabric-store").subscribe(topics.ALL_GATEWAY_STATS, observer)
+    gateway, device = clients.connect(GATEWAY), clients.connect("dev-b")
+    gateway.publish(topics.gateway_stats("another-gateway"), _token("forged"), wait=True)
+    for name in ("dev-b", GATEWAY):  # a device: not under its own name, nor the gateway's
+        device.publish(topics.gateway_stats(name), _token("forged"), wait=True)
+    own = _token("own")
+    gateway.publish(topics.gateway_stats(GATEWAY), own, wait=True)
+    assert observer.before(topics.gateway_stats(GATEWAY), own) == []
+
+
 def test_a_gateway_cannot_publish_desired_state(clients: Clients) -> None:
     observer = Inbox()
     clients.connect("edgefabric-controller").subscribe(f"{topics.PREFIX}/#", observer)
@@ -415,8 +428,13 @@ def test_an_enrolled_gateway_relays_to_an_enrolled_agent_through_the_acl_broker(
     tmp_path: Path,
 ) -> None:
     events: queue.Queue[Event] = queue.Queue()
-    clients.connect("edgefabric-controller").subscribe(
+    controller = clients.connect("edgefabric-controller")
+    controller.subscribe(
         topics.device_events("dev-a"), lambda m: events.put(Event.FromString(m.payload))
+    )
+    reports: queue.Queue[GatewayStats] = queue.Queue()
+    controller.subscribe(
+        topics.ALL_GATEWAY_STATS, lambda m: reports.put(GatewayStats.FromString(m.payload))
     )
     agent = enrolled.start_agent("dev-a", grpc_listen=False)
     enrolled.assign("dev-a", "mlp:1")
@@ -430,6 +448,7 @@ def test_an_enrolled_gateway_relays_to_an_enrolled_agent_through_the_acl_broker(
         mqtt_ca=creds / "ca.pem",
         mqtt_cert=creds / "cert.pem",
         mqtt_key=creds / "key.pem",
+        report_interval_s=0.2,  # statistics go to the edge pool's broker, under the CN
     )
     assert edge_pool(gateway).identity == GATEWAY  # the CN: the name the ACL grants
     wait_pool(gateway, serving("mlp"))
@@ -438,3 +457,6 @@ def test_an_enrolled_gateway_relays_to_an_enrolled_agent_through_the_acl_broker(
     assert agent.relay is not None
     assert agent.relay.counters.answered == 1
     assert agent.relay.counters.unanswerable == 0
+    report = reports.get(timeout=TIMEOUT_S)  # what the gateway routed, through the ACL
+    assert report.gateway_id == GATEWAY
+    assert [(p.model, p.pool, p.requests) for p in report.pools] == [("mlp", "edge", 1)]

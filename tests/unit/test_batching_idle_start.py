@@ -60,6 +60,22 @@ def test_sparse_arrivals_start_at_once_after_the_first() -> None:
         core.batch_done(batch.batch_id, 100 * US, now)
 
 
+def test_gaps_just_above_the_delay_still_wait() -> None:
+    """A server saturated by per-request work sees gaps near that cost (here 1.2 delays) even
+    under heavy load; there waiting is what forms batches, so only gaps above 1.5 delays count
+    as sparse."""
+    core = make()
+    now = T0
+    for i in range(20):
+        now += 600 * US
+        core.submit(i, 1, "g", now_ns=now)
+        events = core.poll(now)
+        assert not [e for e in events if isinstance(e, BatchReady)], f"request {i} started at once"
+        (batch,) = core.poll(now + DELAY_US * US)
+        assert isinstance(batch, BatchReady)
+        core.batch_done(batch.batch_id, 100 * US, now + DELAY_US * US)
+
+
 def test_a_burst_still_waits_for_company() -> None:
     core = make()
     for i in range(4):  # 50 us apart: the next one is expected well inside the delay

@@ -6,9 +6,10 @@ import pytest
 
 from edgefabric.errors import InvalidInputError
 from edgefabric.wire.v1.fleet_pb2 import DeviceStatus, Event, Health
+from edgefabric.wire.v1.gateway_pb2 import GatewayStats
 from model_store.audit import AuditEntry
-from model_store.dashboard.history import FleetHistory
-from model_store.dashboard.views import audit_events, parse_positive, rollout_json
+from model_store.dashboard.history import MAX_GATEWAY_SERIES, FleetHistory, decode_gateway_stats
+from model_store.dashboard.views import audit_events, parse_positive, rollout_json, series_json
 from model_store.rollout import DeviceProgress, DeviceStep, RolloutEngine, RolloutSpec
 from model_store.rollout.core import DeviceView
 
@@ -186,3 +187,80 @@ def test_query_numbers_default_when_absent() -> None:
     assert parse_positive("window", None, default=600, maximum=3600) == 600
     assert parse_positive("window", "", default=600, maximum=3600) == 600
     assert parse_positive("window", "90.5", default=600, maximum=3600) == 90.5
+
+
+# -- gateways' reports -------------------------------------------------------------------------
+
+
+def gateway_stats(gateway: str, *pools: tuple[str, str, int, int, float, float]) -> GatewayStats:
+    stats = GatewayStats(gateway_id=gateway, sequence=1, interval_s=10.0)
+    for model, pool, requests, errors, p50, p99 in pools:
+        stats.pools.add(
+            model=model, pool=pool, requests=requests, errors=errors, p50_ms=p50, p99_ms=p99
+        )
+    return stats
+
+
+def test_gateway_pools_are_charted_per_gateway_next_to_the_devices() -> None:
+    history = FleetHistory()
+    history.observe("a", health("a", 100, 1), T0, False)
+    history.observe("a", health("a", 110, 1), T0 + 1, False)
+    history.observe_gateway(
+        "gw-1",
+        gateway_stats("gw-1", ("mlp", "local", 40, 2, 3.0, 9.0), ("mlp", "edge", 5, 0, 20, 40)),
+        T0 + 2,
+    )
+    history.observe_gateway("gw-1", gateway_stats("gw-1", ("mlp", "local", 10, 0, 5, 7)), T0 + 4)
+    history.observe_gateway("gw-2", gateway_stats("gw-2", ("mlp", "local", 1, 1, 0, 0)), T0 + 5)
+    charted = history.series(10, T0 + 9)
+    assert [(s.model, s.pool, s.gateway) for s in charted] == [
+        ("mlp", "edge", ""),  # the devices' own reports first
+        ("mlp", "edge", "gw-1"),  # the same pool as a gateway sees it: a panel of its own
+        ("mlp", "local", "gw-1"),
+        ("mlp", "local", "gw-2"),
+    ]
+    points = {(s.pool, s.gateway): s.points[-1] for s in charted}
+    local = points["local", "gw-1"]
+    assert (local.requests, local.errors, local.p50_ms, local.p99_ms) == (50, 2, 4.0, 9.0)
+    assert points["edge", ""].requests == 10
+    failed_only = points["local", "gw-2"]
+    assert (failed_only.requests, failed_only.errors, failed_only.p99_ms) == (1, 1, None)
+    as_json = [series_json(s) for s in charted]
+    assert [j["gateway"] for j in as_json] == [None, "gw-1", "gw-1", "gw-2"]
+
+
+def test_a_gateways_latency_that_is_not_a_finite_positive_number_is_left_out() -> None:
+    history = FleetHistory()
+    for p50, p99 in ((float("nan"), 5.0), (2.0, float("inf")), (-1.0, 5.0)):
+        history.observe_gateway("gw", gateway_stats("gw", ("m", "local", 1, 0, p50, p99)), T0)
+    (point,) = history.series(10, T0).pop().points
+    assert (point.requests, point.p50_ms, point.p99_ms) == (3, None, None)
+
+
+def test_a_gateway_report_wakes_whoever_waits_and_old_ones_are_pruned() -> None:
+    history = FleetHistory(retention_s=60)
+    history.observe_gateway("gw", gateway_stats("gw", ("m", "local", 1, 0, 1, 1)), T0)
+    assert history.wait_for(lambda h: bool(h.series(60, T0)), timeout_s=0)
+    history.observe_gateway("gw", gateway_stats("gw", ("m", "local", 2, 0, 1, 1)), T0 + 600)
+    (series,) = history.series(60, T0 + 600)
+    assert sum(p.requests for p in series.points) == 2
+    assert (series.model, series.pool, series.gateway) == ("m", "local", "gw")
+    assert len(history._state.buckets) == 1  # the report 10 minutes ago is gone
+
+
+def test_gateway_reports_are_decoded_from_their_own_topic_only() -> None:
+    stats = gateway_stats("gw-1", ("mlp", "local", 1, 0, 1.0, 2.0))
+    assert decode_gateway_stats("ef/v1/gw/gw-1/stats", stats.SerializeToString()) == (
+        "gw-1",
+        stats,
+    )
+    with pytest.raises(InvalidInputError, match=r"expected ef/v1/gw/\{gateway\}/stats"):
+        decode_gateway_stats("ef/v1/dev/gw-1/health", stats.SerializeToString())
+    with pytest.raises(InvalidInputError, match="3 bytes that are not a GatewayStats message"):
+        decode_gateway_stats("ef/v1/gw/gw-1/stats", b"\xff\xff\xff")
+    with pytest.raises(InvalidInputError, match="name gateway 'gw-1': a gateway reports under"):
+        decode_gateway_stats("ef/v1/gw/gw-2/stats", stats.SerializeToString())
+    flood = gateway_stats("gw-1", *[(f"m{i}", "local", 1, 0, 1.0, 1.0) for i in range(1025)])
+    assert len(flood.pools) > MAX_GATEWAY_SERIES
+    with pytest.raises(InvalidInputError, match="carry 1025 models and pools, more than the"):
+        decode_gateway_stats("ef/v1/gw/gw-1/stats", flood.SerializeToString())

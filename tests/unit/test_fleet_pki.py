@@ -160,6 +160,8 @@ def test_the_acl_confines_devices_by_pattern_and_lists_active_services(ca: Fleet
     ]
     gateway = acl.index("user gw-1")
     assert "topic read ef/v1/relay/resp/gw-1/+" in acl[gateway:]
+    assert "topic write ef/v1/gw/gw-1/stats" in acl[gateway:]  # its own statistics only
+    assert not [line for line in acl if line.startswith("pattern") and "/gw/" in line]
     assert "pattern write ef/v1/relay/resp/+/%u" in acl  # each device answers on its own topic
     assert not [line for line in acl if line.startswith("pattern") and "%u" not in line]
     assert "user old-controller" not in acl
@@ -246,7 +248,7 @@ def test_gateway_mqtt_tls_settings_are_validated_when_they_load(
     good = _gateway(tmp_path, "edge=mqtts://127.0.0.1:8883", **tls)
     assert good.mqtt_tls() == MqttTls(files["ca"], files["cert"], files["key"])
     assert certificate_name(files["cert"]) == "gw-1"  # the pool's answer topics use the CN
-    with pytest.raises(ValidationError, match=r"are for mqtts:// pools, and no pool is one"):
+    with pytest.raises(ValidationError, match=r"are for mqtts:// pools and an mqtts:// --repo"):
         _gateway(tmp_path, "edge=mqtt://127.0.0.1:1883", **tls)
     with pytest.raises(ValidationError, match="needs its key"):
         _gateway(tmp_path, "edge=mqtts://127.0.0.1:8883", mqtt_cert=files["cert"])

@@ -203,7 +203,7 @@
 
   function latencyChart(series, start, end) {
     const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "latency" });
-    chart.append(svg("title", {}, `${series.model} latency p50 and p99 (ms)`));
+    chart.append(svg("title", {}, `${series.model} · ${series.pool} latency p50 and p99 (ms)`));
     const values = series.points.flatMap((p) => [p.p50_ms, p.p99_ms]).filter((v) => v !== null);
     const maxValue = Math.max(1, ...values) * 1.1;
     frame(chart, maxValue, " ms", start, end);
@@ -230,7 +230,8 @@
 
   function errorChart(series, start, end, step) {
     const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "errors" });
-    chart.append(svg("title", {}, `${series.model} requests and errors per ${step} s`));
+    chart.append(svg("title", {},
+      `${series.model} · ${series.pool} requests and errors per ${step} s`));
     const maxValue = Math.max(1, ...series.points.map((p) => p.requests)) * 1.1;
     frame(chart, maxValue, "", start, end);
     const width = ((W - LEFT - RIGHT) * step) / (end - start);
@@ -261,8 +262,13 @@
       const card = el("div", "chart");
       card.dataset.model = series.model;
       card.dataset.pool = series.pool;
+      // Devices report the edge pool; a gateway its own pools, labelled with its name.
+      if (series.gateway) card.dataset.gateway = series.gateway;
+      const label = series.gateway
+        ? `${series.model} · ${series.pool} (${series.gateway})`
+        : `${series.model} · ${series.pool} pool`;
       card.append(
-        el("h3", "", `${series.model} · ${series.pool} pool`),
+        el("h3", "", label),
         el("p", "legend",
           el("span", "k50", "— p50"), " ", el("span", "k99", "— p99"),
           ` latest ${number(last && last.p50_ms, 1)} / ${number(last && last.p99_ms, 1)} ms`),
@@ -277,7 +283,7 @@
       doc.window_s === 3600 ? "hour" : `${Math.round(doc.window_s / 60)} minutes`;
     const target = document.getElementById("charts");
     target.replaceChildren(...(cards.length ? cards
-      : [el("p", "muted", "no health reports yet in this window")]));
+      : [el("p", "muted", "no health or gateway reports yet in this window")]));
   }
 
   // -- events and models --------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""A/B: an older revision of the gateway against the working tree, in one run, alternating.
+
+Box noise (other processes, CPU frequency, the load generator sharing the cores) moves single
+runs by tens of percent, so one before/after pair proves little. This runs both sides in the
+same session, ``--rounds`` times, swapping the order every round (base first, then working tree
+first, ...), and reports per-round figures and their medians. Besides requests/s and latency it
+reads the gateway process's CPU time from /proc, so "CPU µs per request" shows work saved even
+when the load generator, not the server, limits throughput.
+
+The base revision is extracted with ``git archive`` into a temporary directory and run from
+there (the load generator, models and this script always come from the working tree).
+``--base .`` runs the working tree on both sides, to compare settings (``--base-arg`` /
+``--work-arg`` pass extra ``gateway serve`` flags to one side).
+
+Scenarios (MLP, ``max_batch_size`` 64, queue delay 500 µs as in bench/batching.py):
+``batching`` / ``nobatch``: closed loop at each ``--concurrency``;
+``overload``: capacity at the highest concurrency, then open-loop load at 3x it for twice
+``--duration`` with a 50 ms deadline on every request (admitted p99, shed latency, memory).
+
+    .venv/bin/python -m bench.ab --base HEAD~1 batching [--rounds 5] [--duration 2]
+    .venv/bin/python -m bench.ab --base . --work-arg=--admission-min-in-flight=8 overload
+
+Prints one JSON object per round and one per side with the medians; writes
+bench/results/ab_<scenario>.json (``--name`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._common import emit, gateway_process, rss_mib, save
+from bench.batching import gateway_config, open_loop
+from bench.loadgen import encode_request, run_closed_loop
+from edgefabric.samples import mlp_model, write_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("batching", "nobatch", "overload")
+OVERLOAD_FACTOR = 3
+OVERLOAD_DEADLINE_S = 0.05
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def git(*args: str) -> bytes:
+    """Run git in this checkout; its standard output."""
+    executable = shutil.which("git")
+    if executable is None:
+        raise SystemExit("bench.ab needs git on PATH to extract the base revision")
+    return subprocess.run([executable, *args], cwd=ROOT, check=True, capture_output=True).stdout
+
+
+def describe_worktree() -> str:
+    """The working tree's commit, with ``+dirty`` when it has uncommitted changes."""
+    dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    return git("rev-parse", "--short", "HEAD").decode().strip() + ("+dirty" if dirty else "")
+
+
+def extract(revision: str, into: Path) -> str:
+    """Write the tree of ``revision`` under ``into``; returns its short commit id."""
+    commit = git("rev-parse", "--short", "--verify", f"{revision}^{{commit}}").decode().strip()
+    archive = git("archive", "--format=tar", commit)
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return commit
+
+
+async def closed(address: str, pid: int, request: bytes, concurrency: int, duration_s: float):
+    """One closed-loop level; CPU is counted over the measured requests only."""
+    await run_closed_loop(address, request, concurrency=concurrency, duration_s=0.5, warmup_s=0)
+    before = cpu_seconds(pid)
+    load = await run_closed_loop(
+        address, request, concurrency=concurrency, duration_s=duration_s, warmup_s=0
+    )
+    cpu = cpu_seconds(pid) - before
+    answered = sum(load.codes.values())
+    summary = load.summary()
+    return {
+        "requests_per_s": summary["requests_per_s"],
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
+        "errors": answered - load.ok,
+        "cpu_us_per_request": round(cpu / max(answered, 1) * 1e6, 1),
+    }
+
+
+async def overload(address: str, pid: int, request: bytes, concurrency: int, duration_s: float):
+    capacity = (await closed(address, pid, request, concurrency, duration_s))["requests_per_s"]
+    rss_before = rss_mib(pid)
+    cpu_before = cpu_seconds(pid)
+    result = await open_loop(
+        address, request, OVERLOAD_FACTOR * capacity, 2 * duration_s, OVERLOAD_DEADLINE_S
+    )
+    codes: dict[str, int] = result["codes"]
+    return {
+        "capacity_per_s": capacity,
+        **result,
+        "ok_share": round(codes.get("OK", 0) / max(sum(codes.values()), 1), 3),
+        "cpu_s": round(cpu_seconds(pid) - cpu_before, 2),
+        "rss_before_mib": rss_before,
+        "rss_after_mib": rss_mib(pid),
+    }
+
+
+def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-key medians of the numeric fields of several rounds; nested results (one per
+    concurrency) likewise. Status-code counts are summed instead."""
+    out: dict[str, Any] = {}
+    for key, value in rows[0].items():
+        if key == "codes":
+            total: dict[str, int] = {}
+            for row in rows:
+                for code, count in row[key].items():
+                    total[code] = total.get(code, 0) + count
+            out[key] = total
+        elif isinstance(value, dict):
+            out[key] = medians([row[key] for row in rows])
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            values = [row[key] for row in rows if row.get(key) is not None]
+            out[key] = round(statistics.median(values), 3) if values else None
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--base", required=True, help="git revision to compare ('.': this tree)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--base-arg", action="append", default=[], help="gateway flag, base")
+    parser.add_argument("--work-arg", action="append", default=[], help="gateway flag, tree")
+    parser.add_argument("--name", help="results file name (default ab_<scenario>)")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.duration <= 0:
+        parser.error(
+            f"--rounds must be >= 1 and --duration > 0, got {args.rounds}, {args.duration}"
+        )
+    levels = [int(c) for c in args.concurrency.split(",")]
+    results: list[dict[str, Any]] = []
+    rows: dict[str, list[dict[str, Any]]] = {"base": [], "work": []}
+
+    with tempfile.TemporaryDirectory(prefix="ef-ab-") as tmp:
+        root = Path(tmp)
+        sources: dict[str, Path | None] = {"base": None, "work": None}
+        labels = {"work": describe_worktree()}
+        if args.base == ".":
+            labels["base"] = labels["work"]
+        else:
+            sources["base"] = root / "base"
+            labels["base"] = extract(args.base, root / "base")
+        extra = {"base": args.base_arg, "work": args.work_arg}
+        repository = root / "models"
+        batching = args.scenario != "nobatch"
+        write_model(repository, "mlp", mlp_model(), config=gateway_config("mlp", batching=batching))
+        request = encode_request("mlp", {"x": np.ones((1, 16), np.float32)})
+        emit({"bench": "ab", "scenario": args.scenario, "sides": labels, "args": extra}, results)
+
+        for round_ in range(args.rounds):
+            for side in ("base", "work") if round_ % 2 == 0 else ("work", "base"):
+                with gateway_process(repository, *extra[side], source=sources[side]) as gw:
+                    address, pid = gw
+                    if args.scenario == "overload":
+                        row = asyncio.run(
+                            overload(address, pid, request, levels[-1], args.duration)
+                        )
+                    else:
+                        row = {
+                            f"c{c}": asyncio.run(closed(address, pid, request, c, args.duration))
+                            for c in levels
+                        }
+                rows[side].append(row)
+                emit({"bench": "ab", "round": round_, "side": side, **row}, results)
+        for side, side_rows in rows.items():
+            emit({"bench": "ab", "side": side, "rev": labels[side], "median": medians(side_rows)},
+                 results)  # fmt: skip
+    print(f"# written to {save(args.name or f'ab_{args.scenario}', results)}")
+
+
+if __name__ == "__main__":
+    main()
