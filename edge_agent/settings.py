@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from edgefabric.security.tls import ServerTls, check_exposure
+from edgefabric.security.listener_settings import ListenerTlsSettings
+from edgefabric.security.tls import check_exposure
 
 __all__ = ["AgentSettings", "read_settings_file"]
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(ListenerTlsSettings):
     """Everything a device's agent needs to start."""
 
     model_config = SettingsConfigDict(env_prefix="EDGEFABRIC_AGENT_", frozen=True)
@@ -68,21 +69,6 @@ class AgentSettings(BaseSettings):
     metrics_port: int = Field(
         -1, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 (default) off."
     )
-    tls_cert: Path | None = Field(
-        None, description="Certificate chain (PEM) of the local API; with tls_key it speaks TLS."
-    )
-    tls_key: Path | None = Field(None, description="The certificate's private key (PEM).")
-    tls_client_ca: Path | None = Field(
-        None, description="CA (PEM) whose certificates local clients must present: mutual TLS."
-    )
-    tls_client_auth: Literal["required", "optional"] = Field(
-        "required",
-        description="With tls_client_ca: 'required' refuses clients without a certificate; "
-        "'optional' checks one only when presented.",
-    )
-    insecure: bool = Field(
-        False, description="Allow the local API in plaintext on an address others can reach."
-    )
     otlp_endpoint: str = Field(
         "",
         description="OpenTelemetry collector (OTLP/gRPC, http://HOST:4317) for traces of relayed "
@@ -103,24 +89,8 @@ class AgentSettings(BaseSettings):
         10_000, ge=1, description="Events kept while offline; the oldest are dropped beyond it."
     )
 
-    def server_tls(self) -> ServerTls | None:
-        """The local API's TLS configuration, read from the PEM files (``None``: plaintext)."""
-        if self.tls_cert is None or self.tls_key is None:
-            return None
-        return ServerTls.from_files(
-            self.tls_cert,
-            self.tls_key,
-            self.tls_client_ca,
-            require_client_cert=self.tls_client_auth == "required" if self.tls_client_ca else None,
-        )
-
     @model_validator(mode="after")
     def _exposure_is_chosen(self) -> AgentSettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("TLS needs both tls_cert and tls_key (--tls-cert and --tls-key)")
-        if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
-        self.server_tls()  # refuses unreadable or mismatched PEM files now
         if self.grpc_listen:
             check_exposure(self.grpc_address, tls=self.tls_cert is not None, insecure=self.insecure)
         return self

@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from edgefabric import topics
 from edgefabric.kserve.limits import RequestLimits
 from edgefabric.mqtt import BrokerAddress, MqttTls
-from edgefabric.security.tls import ServerTls, check_exposure, is_loopback
+from edgefabric.security.listener_settings import ListenerTlsSettings
+from edgefabric.security.tls import check_exposure, is_loopback
 
 __all__ = ["GatewaySettings"]
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ListenerTlsSettings):
     """Everything the gateway process needs to start."""
 
     model_config = SettingsConfigDict(env_prefix="EDGEFABRIC_GATEWAY_", frozen=True)
@@ -142,21 +143,6 @@ class GatewaySettings(BaseSettings):
         "when the report broker is mqtts:// (the name the broker ACL grants), else the host name.",
     )
 
-    tls_cert: Path | None = Field(
-        None, description="Server certificate chain (PEM); with tls_key, the API speaks TLS."
-    )
-    tls_key: Path | None = Field(None, description="The server certificate's private key (PEM).")
-    tls_client_ca: Path | None = Field(
-        None, description="CA (PEM) whose certificates clients must present: mutual TLS."
-    )
-    tls_client_auth: Literal["required", "optional"] = Field(
-        "required",
-        description="With tls_client_ca: 'required' refuses clients without a certificate; "
-        "'optional' checks one only when a client presents it.",
-    )
-    insecure: bool = Field(
-        False, description="Allow plaintext gRPC on an address other machines can reach."
-    )
     auth: Literal["none", "required"] = Field(
         "none",
         description="'required': every call but health/liveness needs a bearer token from the "
@@ -214,24 +200,8 @@ class GatewaySettings(BaseSettings):
             return None
         return MqttTls(self.mqtt_ca, self.mqtt_cert, self.mqtt_key)
 
-    def server_tls(self) -> ServerTls | None:
-        """The TLS configuration, read from the PEM files (``None``: plaintext)."""
-        if self.tls_cert is None or self.tls_key is None:
-            return None
-        return ServerTls.from_files(
-            self.tls_cert,
-            self.tls_key,
-            self.tls_client_ca,
-            require_client_cert=self.tls_client_auth == "required" if self.tls_client_ca else None,
-        )
-
     @model_validator(mode="after")
     def _exposure_is_chosen(self) -> GatewaySettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("TLS needs both tls_cert and tls_key (--tls-cert and --tls-key)")
-        if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
-        self.server_tls()  # refuses unreadable or mismatched PEM files now
         self._check_mqtt_tls()
         self._check_reporting()
         check_exposure(self.grpc_address, tls=self.tls_cert is not None, insecure=self.insecure)
