@@ -41,6 +41,7 @@ from edgefabric.kserve import converters
 from edgefabric.telemetry import tracing
 from gateway.pools.base import Pool
 from gateway.pools.remote import RemoteKServePool
+from gateway.pools.traffic import ewma
 from gateway.routing import PoolSnapshot, Route, RoutingPlan, RoutingPolicy, split_target
 
 __all__ = ["LOCAL_POOL", "POOL_PARAMETER", "HedgeStats", "Router", "ShadowStats"]
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 LOCAL_POOL = "local"
 POOL_PARAMETER = "edgefabric.pool"
 """Response parameter naming the pool that answered a routed request."""
-_EWMA_ALPHA = 0.2
 _RETRYABLE = (TransportError, ModelNotReadyError)
 
 
@@ -472,11 +472,7 @@ class Router:
             response = converters.response_to_proto(await self._data.infer(decoded))
         finally:
             self._local_in_flight -= 1
-        elapsed = time.perf_counter() - started
-        previous = self._local_ewma_s
-        self._local_ewma_s = (
-            elapsed if previous is None else previous + _EWMA_ALPHA * (elapsed - previous)
-        )
+        self._local_ewma_s = ewma(self._local_ewma_s, time.perf_counter() - started)
         return response
 
     def _copy_to_shadow(

@@ -8,7 +8,7 @@ from typing import Protocol
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
-from gateway.pools.remote import PoolStats
+from gateway.pools.traffic import PoolStats
 
 __all__ = ["Pool", "ServedModel"]
 

@@ -51,13 +51,12 @@ from edgefabric.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     OverloadedError,
-    RequestCancelledError,
     TransportError,
 )
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttTls
 from edgefabric.telemetry import tracing
 from edgefabric.wire.v1.fleet_pb2 import DeviceStatus, Health
-from gateway.pools.remote import EWMA_ALPHA, PoolState, PoolStats
+from gateway.pools.traffic import PoolState, PoolStats, PoolTraffic, ewma
 
 __all__ = ["SITE_LABEL", "AgentView", "ClientFactory", "EdgeModel", "EdgePool", "certificate_name"]
 
@@ -73,7 +72,6 @@ _READY = "READY"
 _QOS = 1
 _RECONNECT_MIN_S = 0.5
 _RECONNECT_MAX_S = 30.0
-_CALLER_FAULTS = (InvalidInputError, ModelNotFoundError, RequestCancelledError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,11 +195,7 @@ class EdgePool:
         self._agents: dict[str, _Agent] = {}
         self._pending: dict[bytes, tuple[asyncio.Future[Message], str]] = {}
         """Correlation data -> (the answer, the device asked)."""
-        self._listeners: list[Callable[[], None]] = []
-        self._latency_ewma_s: float | None = None
-        self._requests = 0
-        self._failures = 0
-        self._last_error = ""
+        self._traffic = PoolTraffic(name)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -309,20 +303,14 @@ class EdgePool:
     def stats(self) -> PoolStats:
         """Traffic so far; ``per_channel`` holds the requests sent to each available agent."""
         available = [a for _, a in sorted(self._agents.items()) if self._available(a)]
-        return PoolStats(
-            in_flight=sum(a.in_flight for a in self._agents.values()),
-            latency_ewma_s=self._latency_ewma_s,
-            requests=self._requests,
-            failures=self._failures,
-            last_error=self._last_error,
-            per_channel=tuple(a.requests for a in available),
+        return self._traffic.snapshot(
+            sum(a.in_flight for a in self._agents.values()), tuple(a.requests for a in available)
         )
 
     def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (on the pool's loop) whenever an agent or the connection changes;
         returns a function that removes it again."""
-        self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback)
+        return self._traffic.add_listener(callback)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -333,7 +321,7 @@ class EdgePool:
         site_param = request.parameters.get(SITE_LABEL)
         site = site_param.string_param if site_param is not None else ""
         payload = request.SerializeToString()
-        self._requests += 1
+        self._traffic.sent()
         try:
             return await self._relay(
                 "ModelInfer",
@@ -344,9 +332,7 @@ class EdgePool:
                 site=site,
             )
         except EdgefabricError as exc:
-            if not isinstance(exc, _CALLER_FAULTS):
-                self._failures += 1
-            self._last_error = str(exc)
+            self._traffic.failed(exc)
             raise
 
     async def model_ready(self, name: str, version: str = "") -> bool:
@@ -485,9 +471,9 @@ class EdgePool:
             source=f"pool '{self.name}': agent '{agent.device_id}'",
         )
         elapsed = self._clock() - started
-        agent.latency_ewma_s = _ewma(agent.latency_ewma_s, elapsed)
+        agent.latency_ewma_s = ewma(agent.latency_ewma_s, elapsed)
         if rpc == "ModelInfer":
-            self._latency_ewma_s = _ewma(self._latency_ewma_s, elapsed)
+            self._traffic.succeeded(elapsed)
         return response
 
     # -- choosing an agent ---------------------------------------------------------------------
@@ -633,12 +619,4 @@ class EdgePool:
         self._pending.clear()
 
     def _changed(self) -> None:
-        for callback in list(self._listeners):
-            try:
-                callback()
-            except Exception:  # a listener's bug must not stop the pool
-                log.exception("pool '%s': listener failed", self.name)
-
-
-def _ewma(previous: float | None, sample: float) -> float:
-    return sample if previous is None else previous + EWMA_ALPHA * (sample - previous)
+        self._traffic.notify()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 import uuid
@@ -38,13 +37,11 @@ from edgefabric.errors import (
     UnsupportedError,
 )
 from edgefabric.telemetry import tracing
+from gateway.pools.traffic import PoolState, PoolStats, PoolTraffic
 
 __all__ = ["PoolState", "PoolStats", "RemoteKServePool", "RemoteModel"]
 
 log = logging.getLogger(__name__)
-
-EWMA_ALPHA = 0.2
-"""Weight of the newest latency in :attr:`PoolStats.latency_ewma_s`."""
 
 _RETRY_AFTER_KEY = "retry-after-ms"
 
@@ -60,17 +57,6 @@ _KEEP_MESSAGE: dict[grpc.StatusCode, type[EdgefabricError]] = {
     grpc.StatusCode.UNIMPLEMENTED: UnsupportedError,
 }
 
-# Errors that are the request's own fault, not the backend's: not counted as failures.
-_CALLER_FAULTS = (InvalidInputError, ModelNotFoundError, RequestCancelledError)
-
-
-class PoolState(enum.Enum):
-    """Lifecycle: NEW -> RUNNING (:meth:`~RemoteKServePool.start`) -> STOPPED (``stop``)."""
-
-    NEW = "new"
-    RUNNING = "running"
-    STOPPED = "stopped"
-
 
 @dataclass(frozen=True, slots=True)
 class RemoteModel:
@@ -81,24 +67,6 @@ class RemoteModel:
     metadata: pb.ModelMetadataResponse
     config: mc.ModelConfig | None
     """``None`` when the backend offers no ``ModelConfig`` (or refused it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    """A snapshot of the pool's inference traffic.
-
-    ``failures`` counts requests the backend or the connection failed (unreachable, not ready,
-    overloaded, deadline, internal), not those rejected for their own fault (bad input, unknown
-    model, cancelled). ``latency_ewma_s`` follows successful requests only.
-    ``per_channel`` is the number of inference requests sent on each connection.
-    """
-
-    in_flight: int
-    latency_ewma_s: float | None
-    requests: int
-    failures: int
-    last_error: str
-    per_channel: tuple[int, ...]
 
 
 def _parse_target(target: str) -> str:
@@ -203,13 +171,9 @@ class RemoteKServePool:
         self._healthy = False
         self._models: dict[str, RemoteModel] = {}
         self._index_key: tuple[tuple[str, str, str], ...] | None = None
-        self._listeners: list[Callable[[], None]] = []
         self._health_task: asyncio.Task[None] | None = None
         self._in_flight = 0
-        self._latency_ewma_s: float | None = None
-        self._requests = 0
-        self._failures = 0
-        self._last_error = ""
+        self._traffic = PoolTraffic(name)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -257,20 +221,12 @@ class RemoteKServePool:
 
     def stats(self) -> PoolStats:
         """A snapshot of the inference traffic so far."""
-        return PoolStats(
-            in_flight=self._in_flight,
-            latency_ewma_s=self._latency_ewma_s,
-            requests=self._requests,
-            failures=self._failures,
-            last_error=self._last_error,
-            per_channel=tuple(c.requests for c in self._connections),
-        )
+        return self._traffic.snapshot(self._in_flight, tuple(c.requests for c in self._connections))
 
     def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (on the pool's loop) whenever health or the model set changes;
         returns a function that removes it again."""
-        self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback)
+        return self._traffic.add_listener(callback)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -280,25 +236,19 @@ class RemoteKServePool:
         """Forward ``request`` as it is, with ``timeout_s`` (the caller's remaining deadline)."""
         connection = self._pick()
         connection.requests += 1
-        self._requests += 1
+        self._traffic.sent()
         self._in_flight += 1
         started = time.perf_counter()
         try:
             response = await self._rpc("ModelInfer", request, timeout_s, connection)
         except EdgefabricError as exc:
-            if not isinstance(exc, _CALLER_FAULTS):
-                self._failures += 1
-            self._last_error = str(exc)
+            self._traffic.failed(exc)
             if isinstance(exc, TransportError):
                 self._update(healthy=False, reason=str(exc))
             raise
         finally:
             self._in_flight -= 1
-        elapsed = time.perf_counter() - started
-        previous = self._latency_ewma_s
-        self._latency_ewma_s = (
-            elapsed if previous is None else previous + EWMA_ALPHA * (elapsed - previous)
-        )
+        self._traffic.succeeded(time.perf_counter() - started)
         return response
 
     async def model_ready(self, name: str, version: str = "") -> bool:
@@ -452,8 +402,4 @@ class RemoteKServePool:
                 f": {reason}" if reason else "",
             )  # fmt: skip
         if health_changed or models_changed:
-            for callback in list(self._listeners):
-                try:
-                    callback()
-                except Exception:  # a listener's bug must not stop the pool
-                    log.exception("pool '%s': listener failed", self.name)
+            self._traffic.notify()
