@@ -12,6 +12,7 @@
     ef/v1/repo/resp/{client}     their answers
     ef/v1/gw/{gateway}/stats     a gateway's routing statistics per model and pool, every
                                  report interval (QoS 0, not retained; ACL: its own name only)
+    ef/v1/routes                 retained, signed route table for the gateways (controller only)
 
 ``{device}`` and ``{client}`` are one topic level each. A device's id is its MQTT client id and
 its certificate's CN, so broker ACLs match it with ``%u`` (docs/adr/0015); a relaying gateway's
@@ -29,6 +30,7 @@ __all__ = [
     "ALL_ROLLOUTS",
     "PREFIX",
     "REPO_REQUEST_FILTER",
+    "ROUTES",
     "device_desired",
     "device_events",
     "device_health",
@@ -61,6 +63,8 @@ ALL_DEVICE_EVENTS = f"{PREFIX}/dev/+/events"
 ALL_GATEWAY_STATS = f"{_GATEWAY}+{_STATS}"
 ALL_ROLLOUTS = f"{PREFIX}/rollouts/+"
 """What the distribution server subscribes to: every client's repository requests."""
+ROUTES = f"{PREFIX}/routes"
+"""The store's signed route table (``SignedRouteTable``, retained; docs/adr/0017)."""
 
 _FORBIDDEN = frozenset("/+#\x00")
 

@@ -9,7 +9,8 @@ One service, ``edgefabric.gateway.v1.Admin``, whose messages are ``google.protob
   and the original route is restored.
 
 It is an ordinary gRPC method: the server's interceptors (authentication, the admin role)
-apply to it as to any other non-inference RPC. :func:`swap` is the client.
+apply to it as to any other non-inference RPC, and each swap, done or failed, joins the audit
+log as ``gateway.route.swap`` when the gateway runs with a home. :func:`swap` is the client.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from edgefabric.errors import EdgefabricError, InvalidInputError, UnsupportedError
 from edgefabric.kserve.servicer import abort_with
+from edgefabric.security.access import record_admin
 from gateway.router import Router
 from gateway.swap import SwapPlan, SwapProgress, swap_version
 
@@ -78,8 +80,14 @@ def admin_handler(router: Callable[[], Router | None]) -> grpc.GenericRpcHandler
                     "version swaps go through the gateway's router, and this gateway has none: "
                     "start it with a --route for the model (e.g. --route MODEL=local) or a --pool"
                 )
-            async for progress in swap_version(current, plan):
-                yield _progress_message(progress)
+            outcome = "failed"
+            try:
+                async for progress in swap_version(current, plan):
+                    yield _progress_message(progress)
+                outcome = "done"
+            finally:
+                details = {"to": plan.target, "steps": plan.steps, "outcome": outcome}
+                await record_admin("gateway.route.swap", plan.model, details)
         except EdgefabricError as exc:
             await abort_with(context, exc, "SwapVersion")
 

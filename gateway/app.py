@@ -27,6 +27,7 @@ from gateway.pools.base import Pool
 from gateway.pools.edge import EdgePool
 from gateway.pools.remote import RemoteKServePool
 from gateway.reporting import build_reporter
+from gateway.route_feed import build_route_feed
 from gateway.router import Router
 from gateway.routing import RoutingPolicy, parse_routes
 from gateway.settings import GatewaySettings
@@ -60,6 +61,18 @@ class Gateway:
         local = self.reporter.observe_local if self.reporter is not None else None
         self.data = DataPlane(self.repository, metrics=metrics, observer=local)
         self.router = _build_router(settings, self.data)
+        self.access = _access_control(settings)
+        self.route_feed = (
+            None
+            if self.router is None
+            else build_route_feed(
+                settings,
+                self.router,
+                parse_routes(settings.routes),
+                self.access,
+                settings.report_gateway_id(),
+            )
+        )  # the store's route table (--routes-from-broker)
         self.telemetry = GatewayMetrics(metrics.registry, self._pool_health)
         if self.router is not None:
             self.router.observer = self.telemetry.observe_route
@@ -84,6 +97,8 @@ class Gateway:
         await self.repository.load_all()
         if self.router is not None:
             await self.router.start()
+        if self.route_feed is not None:
+            await self.route_feed.start()
         self._server = await start_server(
             self.data,
             ServerOptions(
@@ -94,7 +109,7 @@ class Gateway:
                 limits=self.settings.request_limits(),
                 tls=self.settings.server_tls(),
                 insecure=self.settings.insecure,
-                access=_access_control(self.settings),
+                access=self.access,
                 max_deadline_s=self.settings.max_deadline_s or None,
                 admission=AdmissionConfig(
                     max_in_flight=self.settings.admission_max_in_flight,
@@ -125,6 +140,8 @@ class Gateway:
         self._server = None
         if self.reporter is not None:  # after the drain: the last report counts it
             await self.reporter.stop()
+        if self.route_feed is not None:
+            await self.route_feed.stop()
         if self.router is not None:
             await self.router.stop()
         if self._metrics_endpoint is not None:
@@ -184,7 +201,7 @@ def _access_control(settings: GatewaySettings) -> AccessControl:
 
 def _build_router(settings: GatewaySettings, data: DataPlane) -> Router | None:
     """A router when pools or routes are configured; ``None`` keeps the plain local path."""
-    if not settings.pools and not settings.routes:
+    if not settings.pools and not settings.routes and not settings.routes_from_broker:
         return None
     pools: dict[str, Pool] = {}
     mqtt_tls = settings.mqtt_tls()

@@ -51,6 +51,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--route", dest="routes", action="append", help="route table entry (repeatable)"
     )
     serve.add_argument(
+        "--routes-from-broker",
+        action="store_true",
+        default=None,
+        help="also apply the store's signed route table (`edgefabric route set`) from the fleet "
+        "broker (--report-broker, else the first mqtt[s]:// pool's); it wins over --route",
+    )
+    serve.add_argument(
+        "--routes-key",
+        type=Path,
+        help="the controller's public key (the store's controller.pub) route tables must be "
+        "signed with (default: controller.pub in --home / $EDGEFABRIC_HOME)",
+    )
+    serve.add_argument(
         "--report-broker",
         help="publish routing statistics to this mqtt[s]://HOST:PORT broker for the store's "
         "dashboard (default: the first mqtt[s]:// pool's broker)",

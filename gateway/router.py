@@ -288,6 +288,11 @@ class Router:
         else:
             self._routes[model] = route
 
+    def set_routes(self, routes: Mapping[str, Route]) -> None:
+        """Replace the whole route table in one step: each request is routed by the old table
+        or the new one, never a mix (requests already under way keep their plan)."""
+        self._routes = dict(routes)
+
     def in_flight(self, target: str) -> int:
         """Requests sent to ``target`` (``POOL`` or ``POOL@VERSION``) and not answered yet."""
         return self._target_in_flight[target]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgefabric import topics
+from edgefabric.desired import load_public_key
+from edgefabric.errors import InvalidInputError
 from edgefabric.kserve.limits import RequestLimits
 from edgefabric.mqtt import BrokerAddress, MqttTls
 from edgefabric.security.listener_settings import ListenerTlsSettings
@@ -127,6 +130,18 @@ class GatewaySettings(ListenerTlsSettings):
     routes: tuple[str, ...] = Field(
         (), description="Route table entries (see gateway/routing/table.py for the syntax)."
     )
+    routes_from_broker: bool = Field(
+        False,
+        description="Also apply the store's route table (`edgefabric route set`), signed by the "
+        "controller key and retained on ef/v1/routes at the fleet broker (report_broker, else "
+        "the first mqtt[s]:// pool's broker, with the mqtt_* TLS files); a store route "
+        "replaces a --route entry for the same model.",
+    )
+    routes_key: Path | None = Field(
+        None,
+        description="The controller's public key (PEM, the store's controller.pub) that store "
+        "route tables must be signed with; default: controller.pub in home / $EDGEFABRIC_HOME.",
+    )
     report_broker: str = Field(
         "",
         description="MQTT broker (mqtt://HOST:PORT or mqtts://HOST:PORT, TLS files as for the "
@@ -172,15 +187,28 @@ class GatewaySettings(ListenerTlsSettings):
         "this one; 0: no cap.",
     )
 
-    def report_target(self) -> str | None:
-        """The broker statistics go to: ``report_broker``, else the first edge pool's; ``None``
-        when there is neither or ``report_interval_s`` is 0."""
-        if self.report_interval_s == 0:
-            return None
+    def fleet_broker(self) -> str | None:
+        """The store's broker as this gateway knows it: ``report_broker``, else the first edge
+        pool's; ``None`` when there is neither."""
         if self.report_broker:
             return self.report_broker
         targets = (item.partition("=")[2] for item in self.pools)
         return next((t for t in targets if t.startswith(("mqtt://", "mqtts://"))), None)
+
+    def report_target(self) -> str | None:
+        """The broker statistics go to (:meth:`fleet_broker`); ``None`` when there is none or
+        ``report_interval_s`` is 0."""
+        if self.report_interval_s == 0:
+            return None
+        return self.fleet_broker()
+
+    def routes_key_path(self) -> Path | None:
+        """``routes_key``, else ``controller.pub`` in ``home`` or $EDGEFABRIC_HOME."""
+        if self.routes_key is not None:
+            return self.routes_key
+        env_home = os.environ.get("EDGEFABRIC_HOME")
+        home = self.home or (Path(env_home) if env_home else None)
+        return None if home is None else home / "controller.pub"
 
     def report_gateway_id(self) -> str:
         """``gateway_id``, else the client certificate's CN (mqtts:// report broker), else the
@@ -204,6 +232,7 @@ class GatewaySettings(ListenerTlsSettings):
     def _exposure_is_chosen(self) -> GatewaySettings:
         self._check_mqtt_tls()
         self._check_reporting()
+        self._check_route_feed()
         check_exposure(self.grpc_address, tls=self.tls_cert is not None, insecure=self.insecure)
         if self.auth == "none" and not self.allow_anonymous and not is_loopback(self.grpc_address):
             raise ValueError(
@@ -249,6 +278,33 @@ class GatewaySettings(ListenerTlsSettings):
                     f"{self.mqtt_cert}: the broker ACL lets this gateway publish statistics "
                     f"only as {name!r}; leave --gateway-id out or set it to {name!r}"
                 )
+
+    def _check_route_feed(self) -> None:
+        if not self.routes_from_broker:
+            if self.routes_key is not None:
+                raise ValueError("--routes-key is the key of --routes-from-broker; pass both")
+            return
+        if self.fleet_broker() is None:
+            raise ValueError(
+                "--routes-from-broker reads the store's route table from the fleet broker, and "
+                "there is none: give --report-broker mqtt[s]://HOST:PORT or an edge pool "
+                "--pool NAME=mqtt[s]://HOST:PORT"
+            )
+        path = self.routes_key_path()
+        if path is None:
+            raise ValueError(
+                "--routes-from-broker accepts only tables signed by the store's controller key: "
+                "pass --routes-key FILE (the store's controller.pub) or --home STORE_HOME"
+            )
+        try:
+            load_public_key(path.read_bytes())
+        except OSError as exc:
+            raise ValueError(
+                f"--routes-key {path}: cannot read the controller's public key ({exc.strerror}); "
+                "copy controller.pub from the store's home (`edgefabric keys init` writes it)"
+            ) from None
+        except InvalidInputError as exc:
+            raise ValueError(f"--routes-key {path}: {exc}") from None
 
     def request_limits(self) -> RequestLimits:
         """The decoding limits these settings set for every inference request."""

@@ -18,6 +18,7 @@ from model_store.home import StoreHome
 from model_store.keys import ROLES
 from model_store.registry import ModelVersion, Stage
 from model_store.rollout_cli import register_rollout
+from model_store.route_cli import register_route
 from model_store.simulate import register_simulate
 from model_store.store import ModelStore, PushRequest
 
@@ -425,7 +426,8 @@ def _register_fleet(
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``model``, ``keys``, ``audit``, ``store`` and ``fleet`` command groups."""
+    """Add the ``model``, ``keys``, ``audit``, ``store``, ``fleet``, ``rollout`` and ``route``
+    command groups."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", type=Path, help="store folder (default $EDGEFABRIC_HOME)")
     _register_model(commands, common)
@@ -433,3 +435,4 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _register_store(commands, common)
     _register_fleet(commands, common)
     register_rollout(commands, common, _run)
+    register_route(commands, common, _run)

@@ -6,12 +6,14 @@ The broker takes the client certificate's Common Name as the username
 * a **device** (``pattern`` lines, ``%u`` = its id) reads only its own desired state, inference
   requests and repository answers, and writes only its own status, health, events, repository
   requests, and answers to relayed inference requests (``ef/v1/relay/resp/+/{itself}``);
-* a **controller** (the store's serving process, ``fleet assign``) reads all of ``ef/v1/`` and
-  writes desired state, rollout progress and repository answers;
+* a **controller** (the store's serving process, ``fleet assign``, ``route set``) reads all of
+  ``ef/v1/`` and writes desired state, rollout progress, repository answers and the gateways'
+  route table (``ef/v1/routes``);
 * a **gateway** relays inference requests to devices and reads their answers (on topics under
-  its own name) and their reports, and publishes its routing statistics on
+  its own name) and their reports, publishes its routing statistics on
   ``ef/v1/gw/{its name}/stats`` (a ``topic`` line under its name rather than a ``pattern``, so
-  no device can publish there under its own).
+  no device can publish there under its own), and reads the store's route table.
+  Devices and gateways cannot write ``ef/v1/routes``: only a controller can.
 
 Devices need no ACL change when they enroll (the patterns cover every name); controller and
 gateway identities are listed by name, so regenerate the broker configuration after enrolling
@@ -66,6 +68,7 @@ _CONTROLLER_RULES = (
     ("write", f"{P}/dev/+/desired"),
     ("write", f"{P}/rollouts/+"),
     ("write", f"{P}/repo/resp/+"),
+    ("write", topics.ROUTES),
 )
 
 
@@ -78,6 +81,8 @@ def _gateway_rules(name: str) -> tuple[tuple[str, str], ...]:
         # Routing statistics for the dashboard: under its own name only (the controller's
         # read of ef/v1/# covers them).
         ("write", f"{P}/gw/{name}/stats"),
+        # The store's signed route table (--routes-from-broker): read only.
+        ("read", topics.ROUTES),
     )
 
 

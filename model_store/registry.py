@@ -52,6 +52,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX rollouts_by_phase ON rollouts (phase, created_s);
     """,
+    # Route tables for the gateways (model_store.routes): one row per model, in --route syntax.
+    """
+    CREATE TABLE routes (
+        model TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        updated_by TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -244,3 +253,21 @@ class Registry:
         """Every key/value whose key starts with ``prefix``."""
         rows = self._db.execute("SELECT key, value FROM meta WHERE key LIKE ?", (prefix + "%",))
         return {str(k): str(v) for k, v in rows}
+
+    def routes(self) -> dict[str, str]:
+        """The gateways' route table: model -> route in ``--route`` syntax after ``MODEL=``."""
+        rows = self._db.execute("SELECT model, spec FROM routes ORDER BY model")
+        return {str(model): str(spec) for model, spec in rows}
+
+    def put_route(self, model: str, spec: str, *, at: str, by: str) -> None:
+        """Set ``model``'s route (callers validate ``spec``)."""
+        self._db.execute(
+            "INSERT INTO routes VALUES (?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+            "spec = excluded.spec, updated_at = excluded.updated_at, "
+            "updated_by = excluded.updated_by",
+            (model, spec, at, by),
+        )
+
+    def delete_route(self, model: str) -> bool:
+        """Remove ``model``'s route; whether it had one."""
+        return self._db.execute("DELETE FROM routes WHERE model = ?", (model,)).rowcount > 0

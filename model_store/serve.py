@@ -1,5 +1,7 @@
 """``edgefabric store serve``: TUF files over MQTT, the fleet's reports, the rollout controller.
 
+It also publishes the gateways' route table (:mod:`model_store.routes`) when it starts.
+
 The process keeps the online role fresh: it re-signs the timestamp (and anything else about
 to expire) before devices would see it expire, checking every ``refresh_interval_s``.
 
@@ -20,7 +22,7 @@ from types import FrameType
 from typing import Literal
 
 from edgefabric import topics
-from edgefabric.errors import InvalidInputError
+from edgefabric.errors import InvalidInputError, TransportError
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttTls
 from edgefabric.security.tls import https_context
 from edgefabric.security.tokens import TokenStore, TokenVerifier
@@ -40,6 +42,7 @@ from model_store.dashboard import (
 from model_store.distribution import DEFAULT_CHUNK_SIZE, DistributionServer, RepoResponder
 from model_store.fleet_db import fleet_database_path
 from model_store.fleet_view import FleetView
+from model_store.routes import publish_routes
 from model_store.store import ModelStore
 
 __all__ = ["StoreServer", "StoreServerOptions"]
@@ -150,6 +153,7 @@ class StoreServer:
             )
         self._distribution.start()
         self.fleet.start()
+        self._publish_routes()
         self._controller_thread = threading.Thread(
             target=self._run_controller, name="rollout-controller", daemon=True
         )
@@ -158,6 +162,17 @@ class StoreServer:
             # Gateways' routing statistics: the charts of pools devices never report.
             self._mqtt.subscribe(topics.ALL_GATEWAY_STATS, self._on_gateway_stats, qos=0)
             self.dashboard.start()
+
+    def _publish_routes(self) -> None:
+        """The gateways' route table, again (retained): a broker that lost it gets it back, and
+        a change made without ``route set --broker`` goes out now."""
+        try:
+            published = publish_routes(self._store, self._mqtt)
+        except TransportError as exc:
+            log.warning("route table not republished: %s", exc)
+            return
+        if published:
+            log.info("route table %d published on %s", published, topics.ROUTES)
 
     def _on_gateway_stats(self, message: Message) -> None:
         """One gateway's report (on the MQTT thread): into the dashboard's history."""

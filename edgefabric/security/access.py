@@ -244,18 +244,34 @@ def admitted(model: str) -> Iterator[None]:
         access.limiter.release(tenant, lease, access.clock())
 
 
-async def record_admin(action: str, subject: str, details: Mapping[str, Any]) -> None:
-    """Append an admin action of the current caller to the audit log, when there is one."""
+async def record_admin(
+    action: str,
+    subject: str,
+    details: Mapping[str, Any],
+    *,
+    access: AccessControl | None = None,
+    actor: str = "",
+) -> None:
+    """Append an admin action of the current caller to the audit log, when there is one.
+
+    Outside any RPC (the gateway acting on a message from the store), the action is
+    ``actor``'s and goes to ``access``'s log; without both nothing is recorded.
+    """
     caller = _caller.get()
-    if caller is None or caller.access.audit is None:
-        return
-    principal = caller.principal
-    actor = (
-        "gateway:anonymous"
-        if principal is ANONYMOUS
-        else f"token:{principal.token_id}@{principal.tenant}"
-    )
-    recorder = caller.access.audit
+    if caller is None:
+        if access is None or access.audit is None or not actor:
+            return
+        recorder = access.audit
+    else:
+        if caller.access.audit is None:
+            return
+        principal = caller.principal
+        actor = (
+            "gateway:anonymous"
+            if principal is ANONYMOUS
+            else f"token:{principal.token_id}@{principal.tenant}"
+        )
+        recorder = caller.access.audit
     await asyncio.to_thread(
         lambda: recorder(actor=actor, action=action, subject=subject, details=details)
     )

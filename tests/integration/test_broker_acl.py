@@ -260,6 +260,32 @@ def test_a_gateway_cannot_publish_desired_state(clients: Clients) -> None:
     assert observer.before(topics.device_infer("dev-a"), sentinel) == []
 
 
+def test_a_device_or_a_gateway_cannot_publish_routes(clients: Clients) -> None:
+    """Only a controller writes the gateways' route table; gateways read it, devices cannot."""
+    gateway_view = Inbox()
+    gateway = clients.connect(GATEWAY)
+    gateway.subscribe(topics.ROUTES, gateway_view)
+    device = clients.connect("dev-b")
+    for attacker in (device, gateway):
+        attacker.publish(topics.ROUTES, _token("forged"), qos=1, retain=True, wait=True)
+    table = _token("table")
+    clients.connect("edgefabric-store").publish(topics.ROUTES, table, retain=True, wait=True)
+    assert gateway_view.before(topics.ROUTES, table) == []
+    # Retained: a gateway connecting now finds the controller's table, nothing forged.
+    late = Inbox()
+    clients.connect(GATEWAY).subscribe(topics.ROUTES, late)
+    assert late.before(topics.ROUTES, table) == []
+    device_view = Inbox()  # and a device cannot read it, retained or live
+    reader = clients.connect("dev-a")
+    reader.subscribe(topics.ROUTES, device_view)
+    reader.subscribe(topics.device_desired("dev-a"), device_view)
+    store = clients.connect("edgefabric-store")
+    store.publish(topics.ROUTES, _token("table"), retain=True, wait=True)
+    sentinel = _token("sentinel")
+    store.publish(topics.device_desired("dev-a"), sentinel, wait=True)
+    assert [m.topic for m in device_view.before(topics.device_desired("dev-a"), sentinel)] == []
+
+
 # ------------------------------------------------------------------ connecting
 
 
