@@ -12,12 +12,15 @@ there (the load generator, models and this script always come from the working t
 ``--base .`` runs the working tree on both sides, to compare settings (``--base-arg`` /
 ``--work-arg`` pass extra ``gateway serve`` flags to one side).
 
-Scenarios (MLP, ``max_batch_size`` 64, queue delay 500 µs as in bench/batching.py):
-``batching`` / ``nobatch``: closed loop at each ``--concurrency``;
+Scenarios (``--model``: ``mlp`` by default, or another of bench/batching.py's models such as
+the compute-bound ``convnet``; ``max_batch_size`` 64, queue delay 500 µs as there):
+``batching`` / ``nobatch``: closed loop at each ``--concurrency`` (``batching`` also records
+the server's batch-size histogram, executions per batch size);
 ``overload``: capacity at the highest concurrency, then open-loop load at 3x it for twice
 ``--duration`` with a 50 ms deadline on every request (admitted p99, shed latency, memory).
 
     .venv/bin/python -m bench.ab --base HEAD~1 batching [--rounds 5] [--duration 2]
+    .venv/bin/python -m bench.ab --base HEAD batching --model convnet --name ab_convnet
     .venv/bin/python -m bench.ab --base . --work-arg=--admission-min-in-flight=8 overload
 
 Prints one JSON object per round and one per side with the medians; writes
@@ -41,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from bench._common import emit, gateway_process, rss_mib, save
-from bench.batching import gateway_config, open_loop
+from bench.batching import MODELS, batch_histogram, delta, gateway_config, open_loop
 from bench.loadgen import encode_request, run_closed_loop
-from edgefabric.samples import mlp_model, write_model
+from edgefabric.samples import write_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("batching", "nobatch", "overload")
@@ -81,9 +84,19 @@ def extract(revision: str, into: Path) -> str:
     return commit
 
 
-async def closed(address: str, pid: int, request: bytes, concurrency: int, duration_s: float):
-    """One closed-loop level; CPU is counted over the measured requests only."""
+async def closed(
+    address: str,
+    pid: int,
+    request: bytes,
+    concurrency: int,
+    duration_s: float,
+    *,
+    model: str | None = None,
+):
+    """One closed-loop level; CPU (and, given ``model``, the batch-size histogram) is counted
+    over the measured requests only."""
     await run_closed_loop(address, request, concurrency=concurrency, duration_s=0.5, warmup_s=0)
+    batches_before = batch_histogram(address, model) if model else {}
     before = cpu_seconds(pid)
     load = await run_closed_loop(
         address, request, concurrency=concurrency, duration_s=duration_s, warmup_s=0
@@ -91,13 +104,22 @@ async def closed(address: str, pid: int, request: bytes, concurrency: int, durat
     cpu = cpu_seconds(pid) - before
     answered = sum(load.codes.values())
     summary = load.summary()
-    return {
+    row: dict[str, Any] = {
         "requests_per_s": summary["requests_per_s"],
         "p50_ms": summary["p50_ms"],
         "p99_ms": summary["p99_ms"],
         "errors": answered - load.ok,
         "cpu_us_per_request": round(cpu / max(answered, 1) * 1e6, 1),
     }
+    if model:
+        histogram = delta(batch_histogram(address, model), batches_before)
+        executions = sum(histogram.values())
+        row["rows_per_batch"] = round(
+            sum(size * count for size, count in histogram.items()) / max(executions, 1), 2
+        )
+        row["batches_of_one_share"] = round(histogram.get(1, 0) / max(executions, 1), 3)
+        row["batches"] = {str(size): count for size, count in sorted(histogram.items())}
+    return row
 
 
 async def overload(address: str, pid: int, request: bytes, concurrency: int, duration_s: float):
@@ -123,7 +145,13 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
     concurrency) likewise. Status-code counts are summed instead."""
     out: dict[str, Any] = {}
     for key, value in rows[0].items():
-        if key == "codes":
+        if key == "batches":  # histograms: summed over the rounds
+            summed: dict[str, int] = {}
+            for row in rows:
+                for size, count in row[key].items():
+                    summed[size] = summed.get(size, 0) + count
+            out[key] = dict(sorted(summed.items(), key=lambda item: int(item[0])))
+        elif key == "codes":
             total: dict[str, int] = {}
             for row in rows:
                 for code, count in row[key].items():
@@ -141,6 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--base", required=True, help="git revision to compare ('.': this tree)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,16,64")
@@ -168,9 +197,16 @@ def main() -> None:
         extra = {"base": args.base_arg, "work": args.work_arg}
         repository = root / "models"
         batching = args.scenario != "nobatch"
-        write_model(repository, "mlp", mlp_model(), config=gateway_config("mlp", batching=batching))
-        request = encode_request("mlp", {"x": np.ones((1, 16), np.float32)})
-        emit({"bench": "ab", "scenario": args.scenario, "sides": labels, "args": extra}, results)
+        model = args.model
+        build, input_name, dims = MODELS[model]
+        write_model(repository, model, build(), config=gateway_config(model, batching=batching))
+        request = encode_request(model, {input_name: np.ones((1, *dims), np.float32)})
+        histograms = model if args.scenario == "batching" else None
+        emit(
+            {"bench": "ab", "scenario": args.scenario, "model": model, "sides": labels,
+             "args": extra},
+            results,
+        )  # fmt: skip
 
         for round_ in range(args.rounds):
             for side in ("base", "work") if round_ % 2 == 0 else ("work", "base"):
@@ -182,7 +218,9 @@ def main() -> None:
                         )
                     else:
                         row = {
-                            f"c{c}": asyncio.run(closed(address, pid, request, c, args.duration))
+                            f"c{c}": asyncio.run(
+                                closed(address, pid, request, c, args.duration, model=histograms)
+                            )
                             for c in levels
                         }
                 rows[side].append(row)
@@ -190,7 +228,8 @@ def main() -> None:
         for side, side_rows in rows.items():
             emit({"bench": "ab", "side": side, "rev": labels[side], "median": medians(side_rows)},
                  results)  # fmt: skip
-    print(f"# written to {save(args.name or f'ab_{args.scenario}', results)}")
+    default_name = f"ab_{args.scenario}" + ("" if args.model == "mlp" else f"_{args.model}")
+    print(f"# written to {save(args.name or default_name, results)}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
+    "CONVNET_LAYERS",
     "IDENTITY_TYPES",
     "SAMPLE_MODELS",
     "cnn_model",
+    "convnet_model",
     "identity_model",
     "mlp_model",
     "noisy_mlp_model",
@@ -150,6 +152,54 @@ def cnn_model(size: int = 32, classes: int = 10) -> onnx.ModelProto:
             _weight(rng, "fc", 64, classes),
             numpy_helper.from_array(np.zeros(classes, np.float32), "fc_bias"),
         ],
+    )
+    return _model(graph)
+
+
+# (output channels, stride) of each 3x3 convolution of convnet_model.
+CONVNET_LAYERS: tuple[tuple[int, int], ...] = ((32, 1), (64, 1), (64, 2), (128, 1), (128, 2))
+
+
+def convnet_model(size: int = 128, classes: int = 10) -> onnx.ModelProto:
+    """``image`` FP32 [batch, 3, size, size] -> ``scores`` FP32 [batch, classes]; really
+    compute-bound: five 3x3 convolutions (32 to 128 channels, ~0.9 GMAC per 128x128 image),
+    global average pool, dense. Unlike :func:`cnn_model` (3x32x32, tens of µs), one image
+    takes milliseconds of ONNX Runtime CPU time, so serving overhead is small beside it."""
+    rng = np.random.default_rng(13)
+    nodes: list[onnx.NodeProto] = []
+    weights: list[onnx.TensorProto] = []
+    previous, channels = "image", 3
+    for index, (out, stride) in enumerate(CONVNET_LAYERS):
+        nodes += [
+            helper.make_node(
+                "Conv",
+                [previous, f"conv{index}", f"conv{index}_bias"],
+                [f"f{index}"],
+                pads=[1, 1, 1, 1],
+                strides=[stride, stride],
+            ),
+            helper.make_node("Relu", [f"f{index}"], [f"r{index}"]),
+        ]
+        weights += [
+            _weight(rng, f"conv{index}", out, channels, 3, 3),
+            numpy_helper.from_array(np.zeros(out, np.float32), f"conv{index}_bias"),
+        ]
+        previous, channels = f"r{index}", out
+    nodes += [
+        helper.make_node("GlobalAveragePool", [previous], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc", "fc_bias"], ["scores"]),
+    ]
+    weights += [
+        _weight(rng, "fc", channels, classes),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fc_bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convnet",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", classes])],
+        initializer=weights,
     )
     return _model(graph)
 

@@ -60,6 +60,63 @@ def test_sparse_arrivals_start_at_once_after_the_first() -> None:
         core.batch_done(batch.batch_id, 100 * US, now)
 
 
+def started(events: list[Event]) -> list[BatchReady]:
+    return [e for e in events if isinstance(e, BatchReady)]
+
+
+def teach_sparse(core: BatchingCore, now: int) -> int:
+    """A few requests 2 ms apart, each run at once; returns the time after the last."""
+    for i in range(-5, 0):
+        now += 2 * MS
+        run_one(core, i, now)
+    assert started(core.poll(now)) == []
+    return now
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_requests_accumulate_while_every_instance_is_busy(instances: int) -> None:
+    """Starting at once is only for a free instance: while every instance runs a batch,
+    sparse arrivals queue up (no wakeup is even armed for them) and leave together, up to
+    ``max_batch_size``, the moment an instance is free."""
+    core = make(max_concurrent_batches=instances)
+    now = teach_sparse(core, T0)
+    running = []
+    for i in range(instances):  # sparse: each takes a free instance at once
+        now += 2 * MS
+        core.submit(100 + i, 1, "g", now_ns=now)
+        (batch,) = started(core.poll(now))
+        running.append(batch.batch_id)
+    for i in range(10):  # 2 ms apart, far beyond the delay, but no instance is free
+        now += 2 * MS
+        core.submit(i, 1, "g", now_ns=now)
+        assert started(core.poll(now)) == [], f"request {i} started on a busy instance"
+        assert core.next_wakeup_ns() is None
+    core.batch_done(running.pop(0), 20 * MS, now)
+    (first,) = started(core.poll(now))
+    assert first.item_ids == tuple(range(8))  # max_batch_size
+    assert started(core.poll(now + 10 * MS)) == []  # the rest waits for the next free one
+    now += 10 * MS
+    core.batch_done(first.batch_id if instances == 1 else running.pop(0), 20 * MS, now)
+    (second,) = started(core.poll(now))
+    assert second.item_ids == (8, 9)
+
+
+def test_a_freed_instance_takes_a_preferred_size_and_the_rest_keeps_waiting() -> None:
+    core = make(preferred_batch_sizes=(4,))
+    now = teach_sparse(core, T0)
+    now += 2 * MS
+    core.submit(100, 1, "g", now_ns=now)
+    (busy,) = started(core.poll(now))
+    for i in range(6):
+        now += 2 * MS
+        core.submit(i, 1, "g", now_ns=now)
+        assert started(core.poll(now)) == []
+    core.batch_done(busy.batch_id, 12 * MS, now)
+    (batch,) = started(core.poll(now))
+    assert batch.item_ids == (0, 1, 2, 3)
+    assert core.queued == 2
+
+
 def test_gaps_just_above_the_delay_still_wait() -> None:
     """A server saturated by per-request work sees gaps near that cost (here 1.2 delays) even
     under heavy load; there waiting is what forms batches, so only gaps above 1.5 delays count

@@ -118,6 +118,19 @@ def test_cnn_runs(load) -> None:
     assert outputs["scores"].shape == (2, 10)
 
 
+def test_convnet_is_reproducible_and_rows_are_independent(load) -> None:
+    """The compute-bound benchmark model: same bytes on every build, and a batch answers
+    each row as running it alone would (what batching relies on)."""
+    built = samples.convnet_model(size=32)
+    assert built.SerializeToString() == samples.convnet_model(size=32).SerializeToString()
+    model = load("convnet", built)
+    images = np.random.default_rng(3).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    batched, _ = model.run({"image": images}, ["scores"])
+    assert batched["scores"].shape == (3, 10)
+    alone, _ = model.run({"image": images[1:2]}, ["scores"])
+    np.testing.assert_allclose(batched["scores"][1:2], alone["scores"], rtol=1e-5, atol=1e-6)
+
+
 def test_stats_runs(load) -> None:
     model = load("stats", samples.stats_model())
     x = np.array([[1, 5, 2, 0, 0, 0, 0, 0], [-1, -2, -3, -4, -5, -6, -7, 9]], np.float32)
