@@ -17,7 +17,10 @@ the compute-bound ``convnet``; ``max_batch_size`` 64, queue delay 500 µs as the
 ``batching`` / ``nobatch``: closed loop at each ``--concurrency`` (``batching`` also records
 the server's batch-size histogram, executions per batch size);
 ``overload``: capacity at the highest concurrency, then open-loop load at 3x it for twice
-``--duration`` with a 50 ms deadline on every request (admitted p99, shed latency, memory).
+``--duration`` with a 50 ms deadline on every request (admitted p99, shed latency, memory);
+``tenants`` (``mlp``, no batching, ``--auth required``; tenant A limited to 50 req/s, burst 20):
+the gateway's CPU per call while A calls far over its limit in a closed loop (16 at once), then
+tenant B's p99 (tritonclient, concurrency 1) alone vs while A floods at 5x its limit.
 
     .venv/bin/python -m bench.ab --base HEAD~1 batching [--rounds 5] [--duration 2]
     .venv/bin/python -m bench.ab --base HEAD batching --model convnet --name ab_convnet
@@ -37,21 +40,32 @@ import statistics
 import subprocess
 import tarfile
 import tempfile
+import time
+from collections import Counter
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
+import tritonclient.grpc as triton
 
-from bench._common import emit, gateway_process, rss_mib, save
+from bench._common import emit, gateway_process, rss_mib, save, summarize
 from bench.batching import MODELS, batch_histogram, delta, gateway_config, open_loop
-from bench.loadgen import encode_request, run_closed_loop
+from bench.loadgen import encode_request, percentile_ms, run_closed_loop
+from bench.tenants import b_round, flooding
 from edgefabric.samples import write_model
+from edgefabric.security.limits import TenantLimits
+from edgefabric.security.tokens import Role, TokenStore
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("batching", "nobatch", "overload")
+SCENARIOS = ("batching", "nobatch", "overload", "tenants")
 OVERLOAD_FACTOR = 3
 OVERLOAD_DEADLINE_S = 0.05
+TENANT_A_RATE = 50.0
+TENANT_FLOOD_FACTOR = 5
+TENANT_CONCURRENCY = 16
+TENANT_B_REQUESTS = 1000
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -140,6 +154,78 @@ async def overload(address: str, pid: int, request: bytes, concurrency: int, dur
     }
 
 
+async def refused_calls(
+    address: str, pid: int, request: bytes, token: str, *, concurrency: int, duration_s: float
+) -> dict[str, Any]:
+    """Closed loop as a tenant far over its rate limit: the gateway's CPU per (mostly refused)
+    call, and how fast refusals come back."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    codes: Counter[str] = Counter()
+    refused_s: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", None, None)
+
+        async def worker(stop_at: float, record: bool) -> None:
+            while (began := time.perf_counter()) < stop_at:
+                try:
+                    await call(request, metadata=metadata)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                if record:
+                    codes[code] += 1
+                    if code != "OK":
+                        refused_s.append(time.perf_counter() - began)
+
+        for record, seconds in ((False, 0.5), (True, duration_s)):
+            before = cpu_seconds(pid)
+            stop_at = time.perf_counter() + seconds
+            await asyncio.gather(*(worker(stop_at, record) for _ in range(concurrency)))
+            cpu = cpu_seconds(pid) - before
+    calls = sum(codes.values())
+    return {
+        "calls_per_s": round(calls / duration_s, 1),
+        "refused_share": round(1 - codes.get("OK", 0) / max(calls, 1), 3),
+        "refused_p50_ms": percentile_ms(refused_s, 50),
+        "cpu_us_per_call": round(cpu / max(calls, 1) * 1e6, 1),
+    }
+
+
+def isolation(
+    address: str, token_a: str, token_b: str, flood_per_s: float, requests: int
+) -> dict[str, Any]:
+    """Tenant B's p99 (tritonclient, concurrency 1) alone and while A floods at
+    ``flood_per_s``, in the phases alone, flood, flood, alone."""
+    phases: dict[str, list[float]] = {"alone": [], "flood": []}
+    flood_codes: Counter[str] = Counter()
+    with triton.InferenceServerClient(address) as client:
+        b_round(client, token_b, 200)  # warm-up
+        for phase in ("alone", "flood", "flood", "alone"):
+            if phase == "alone":
+                phases[phase] += b_round(client, token_b, requests)
+                continue
+            with flooding(address, token_a, flood_per_s) as report:
+                phases[phase] += b_round(client, token_b, requests)
+            flood_codes.update(report["codes"])
+    alone, flood = summarize(phases["alone"]), summarize(phases["flood"])
+    return {
+        "b_alone_p50_ms": alone["p50_ms"],
+        "b_alone_p99_ms": alone["p99_ms"],
+        "b_flood_p50_ms": flood["p50_ms"],
+        "b_flood_p99_ms": flood["p99_ms"],
+        "b_p99_rise": round(flood["p99_ms"] / alone["p99_ms"] - 1, 3),
+        "a_refused_share": round(
+            1 - flood_codes.get("OK", 0) / max(sum(flood_codes.values()), 1), 3
+        ),
+    }
+
+
+async def _tenant_refusals(address: str, pid: int, request: bytes, token: str, duration_s: float):
+    return await refused_calls(
+        address, pid, request, token, concurrency=TENANT_CONCURRENCY, duration_s=duration_s
+    )
+
+
 def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-key medians of the numeric fields of several rounds; nested results (one per
     concurrency) likewise. Status-code counts are summed instead."""
@@ -151,6 +237,12 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 for size, count in row[key].items():
                     summed[size] = summed.get(size, 0) + count
             out[key] = dict(sorted(summed.items(), key=lambda item: int(item[0])))
+        elif key == "details":  # first message per status, over the rounds
+            merged: dict[str, str] = {}
+            for row in rows:
+                for code, message in row.get(key, {}).items():
+                    merged.setdefault(code, message)
+            out[key] = merged
         elif key == "codes":
             total: dict[str, int] = {}
             for row in rows:
@@ -165,7 +257,7 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0915  # one linear script
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--base", required=True, help="git revision to compare ('.': this tree)")
@@ -196,7 +288,14 @@ def main() -> None:
             labels["base"] = extract(args.base, root / "base")
         extra = {"base": args.base_arg, "work": args.work_arg}
         repository = root / "models"
-        batching = args.scenario != "nobatch"
+        batching = args.scenario not in ("nobatch", "tenants")
+        if args.scenario == "tenants":  # tenant A limited (and flooding), tenant B not
+            store = TokenStore.in_home(root / "home")
+            store.set_limits("tenant-a", TenantLimits(rate_per_s=TENANT_A_RATE, burst=20))
+            token_a, _ = store.create(Role.INFER, ["*"], "tenant-a")
+            token_b, _ = store.create(Role.INFER, ["*"], "tenant-b")
+            auth = ["--auth", "required", "--home", str(root / "home")]
+            extra = {side: [*flags, *auth] for side, flags in extra.items()}
         model = args.model
         build, input_name, dims = MODELS[model]
         write_model(repository, model, build(), config=gateway_config(model, batching=batching))
@@ -212,7 +311,20 @@ def main() -> None:
             for side in ("base", "work") if round_ % 2 == 0 else ("work", "base"):
                 with gateway_process(repository, *extra[side], source=sources[side]) as gw:
                     address, pid = gw
-                    if args.scenario == "overload":
+                    if args.scenario == "tenants":
+                        row = {
+                            "refused": asyncio.run(
+                                _tenant_refusals(address, pid, request, token_a, args.duration)
+                            ),
+                            "isolation": isolation(
+                                address,
+                                token_a,
+                                token_b,
+                                TENANT_A_RATE * TENANT_FLOOD_FACTOR,
+                                TENANT_B_REQUESTS,
+                            ),
+                        }
+                    elif args.scenario == "overload":
                         row = asyncio.run(
                             overload(address, pid, request, levels[-1], args.duration)
                         )

@@ -138,6 +138,7 @@ async def open_loop(
         ok: list[float] = []
         shed: list[float] = []
         codes: dict[str, int] = {}
+        details: dict[str, str] = {}  # the first message seen with each status
 
         async def one(call: Any) -> None:
             start = time.perf_counter()
@@ -146,6 +147,7 @@ async def open_loop(
                 code = "OK"
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
+                details.setdefault(code, exc.details() or "")
             elapsed = time.perf_counter() - start
             codes[code] = codes.get(code, 0) + 1
             (ok if code == "OK" else shed).append(elapsed)
@@ -168,6 +170,7 @@ async def open_loop(
     return {
         "offered_per_s": round(offered, 1),
         "codes": codes,
+        "details": details,
         "ok_p99_ms": percentile_ms(ok, 99),
         "deadline_ms": deadline_s * 1e3,
         "shed_p99_ms": percentile_ms(shed, 99),

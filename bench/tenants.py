@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,7 @@ async def _flood(address: str, token: str, rate_per_s: float) -> None:
     )
 
 
-def _b_round(client: triton.InferenceServerClient, token: str, count: int) -> list[float]:
+def b_round(client: triton.InferenceServerClient, token: str, count: int) -> list[float]:
     x = np.ones((1, 16), dtype=np.float32)
     tensor = triton.InferInput("x", [1, 16], "FP32")
     tensor.set_data_from_numpy(x)
@@ -91,6 +93,26 @@ def _b_round(client: triton.InferenceServerClient, token: str, count: int) -> li
         client.infer("mlp", [tensor], headers=headers)
         latencies.append(time.perf_counter() - began)
     return latencies
+
+
+@contextmanager
+def flooding(address: str, token: str, rate_per_s: float) -> Iterator[dict[str, Any]]:
+    """Tenant A's open-loop flood in its own process for the duration of the block; the dict
+    it yields holds the flood's report (``sent``, ``seconds``, ``codes``) once the block ends."""
+    command = [sys.executable, "-m", "bench.tenants", "--flood", address, token, str(rate_per_s)]
+    flood = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert flood.stdout is not None
+    assert flood.stdin is not None
+    report: dict[str, Any] = {}
+    try:
+        if flood.stdout.readline().strip() != "ready":
+            raise RuntimeError("the flood process did not start")
+        yield report
+    finally:
+        flood.stdin.close()
+        line = flood.stdout.readline()
+        flood.wait(timeout=30)
+    report.update(json.loads(line))
 
 
 def main() -> None:
@@ -138,29 +160,17 @@ def main() -> None:
             gateway_process(repository, *extra) as (address, _pid),
             triton.InferenceServerClient(address) as client,
         ):
-            _b_round(client, token_b, 200)  # warm-up
+            b_round(client, token_b, 200)  # warm-up
             for round_number in range(args.rounds):
                 order = ("alone", "flood") if round_number % 2 == 0 else ("flood", "alone")
                 for phase in order:
                     if phase == "alone":
-                        alone += _b_round(client, token_b, args.requests)
+                        alone += b_round(client, token_b, args.requests)
                         continue
-                    rate = args.a_rate * args.flood_factor
-                    command = [sys.executable, "-m", "bench.tenants", "--flood", address,
-                                   token_a, str(rate)]  # fmt: skip
-                    flood = subprocess.Popen(
-                        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-                    )
-                    assert flood.stdout is not None
-                    assert flood.stdin is not None
-                    if flood.stdout.readline().strip() != "ready":
-                        raise RuntimeError("the flood process did not start")
-                    flooded += _b_round(client, token_b, args.requests)
-                    flood.stdin.close()
-                    report = json.loads(flood.stdout.readline())
-                    flood.wait(timeout=30)
-                    flood_codes.update(report["codes"])
+                    with flooding(address, token_a, args.a_rate * args.flood_factor) as report:
+                        flooded += b_round(client, token_b, args.requests)
                     flood_seconds += report["seconds"]
+                    flood_codes.update(report["codes"])
         summary_alone, summary_flood = summarize(alone), summarize(flooded)
         emit({"bench": "tenants", "phase": "b_alone", **summary_alone}, results)
         emit({"bench": "tenants", "phase": "b_during_a_flood", **summary_flood}, results)

@@ -12,6 +12,12 @@ The interceptor sees every RPC of every service on the server, before the servic
 
 The caller is kept in a context variable for the duration of the RPC (tasks the RPC starts
 inherit it). Outside an :class:`AccessControl` (the edge agent's server) nothing is checked.
+
+Unary ``ModelInfer`` takes its tenant admission (rate and quota) here too, before the request
+is decoded: a refused call costs authentication, a token-bucket step and a status (no protobuf
+parsing, no exception, no log line, no tracing or statistics), so a tenant flooding past its
+limit takes as little as possible from the others. The servicer then checks the model only.
+Streamed requests are admitted one by one in the servicer (:func:`admitted`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import service_pb2 as pb
 
 from edgefabric.errors import EdgefabricError, PermissionDeniedError, grpc_status_for
 from edgefabric.security.audit import AuditRecorder
@@ -54,6 +62,8 @@ _OPEN_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 _OPEN_METHODS = frozenset({_KSERVE + "ServerLive", _KSERVE + "ServerReady"})
+_MODEL_INFER = _KSERVE + "ModelInfer"
+_REFUSED = pb.ModelInferResponse()  # returned with a non-OK status: gRPC sends no message
 _USER_METHODS = frozenset(
     _KSERVE + name
     for name in (
@@ -73,6 +83,7 @@ _USER_METHODS = frozenset(
 class _Caller:
     principal: Principal
     access: AccessControl
+    admitted: bool = False  # the call holds its tenant admission already (unary ModelInfer)
 
 
 _caller: ContextVar[_Caller | None] = ContextVar("edgefabric_caller", default=None)
@@ -147,6 +158,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # gen
         method = handler_call_details.method
         if handler is None or method in _OPEN_METHODS or method.startswith(_OPEN_PREFIXES):
             return handler
+        if method == _MODEL_INFER and handler.unary_unary is not None:
+            return _admitting(handler, self._access)
         return _wrap(handler, self._enter_for(method))
 
     def _enter_for(
@@ -164,6 +177,48 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # gen
             _caller.set(_Caller(principal, access))
 
         return enter
+
+
+def _admitting(
+    handler: grpc.RpcMethodHandler[Any, Any], access: AccessControl
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """Unary ModelInfer: authenticate, take the tenant's admission, and only then decode the
+    request and run the servicer; a refusal is a status on the context (see the module)."""
+    inner: Callable[..., Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+    decode = handler.request_deserializer
+    limiter = access.limiter
+
+    async def behaviour(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            principal = access.authenticate(_metadata(context))
+        except EdgefabricError as exc:
+            log.info("%s refused: %s", _MODEL_INFER, exc)
+            await context.abort(grpc_status_for(exc), str(exc))
+        tenant = principal.tenant
+        lease = limiter.try_acquire(tenant, access.clock())
+        if not isinstance(lease, int):
+            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_details(str(lease))
+            context.set_trailing_metadata((("retry-after-ms", str(lease.retry_after_ms)),))
+            return _REFUSED
+        try:
+            try:
+                request = raw if decode is None else decode(raw)
+            except DecodeError as exc:
+                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_details(
+                    f"the request body is not a valid inference.ModelInferRequest message "
+                    f"({exc}); send a serialized ModelInferRequest, as tritonclient does"
+                )
+                return _REFUSED
+            _caller.set(_Caller(principal, access, admitted=True))
+            return await inner(request, context)
+        finally:
+            limiter.release(tenant, lease, access.clock())
+
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=None, response_serializer=handler.response_serializer
+    )
 
 
 def _wrap(
@@ -236,6 +291,9 @@ def admitted(model: str) -> Iterator[None]:
         yield
         return
     require_model(model)
+    if caller.admitted:  # unary ModelInfer: the interceptor holds the admission
+        yield
+        return
     access, tenant = caller.access, caller.principal.tenant
     lease = access.limiter.acquire(tenant, access.clock())
     try:

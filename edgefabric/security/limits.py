@@ -123,12 +123,20 @@ class TenantLimiter:
 
     def acquire(self, tenant: str, now_s: float) -> int:
         """Admit one call of ``tenant`` now, or raise :class:`OverloadedError`."""
+        lease = self.try_acquire(tenant, now_s)
+        if isinstance(lease, OverloadedError):
+            raise lease
+        return lease
+
+    def try_acquire(self, tenant: str, now_s: float) -> int | OverloadedError:
+        """:meth:`acquire` without raising: the lease, or the (unraised) refusal, so a hot
+        path can answer a refused call without exception handling."""
         state = self._state(tenant, now_s)
         limits = state.limits
         if limits.max_concurrent and state.in_flight >= limits.max_concurrent:
             expected_s = state.hold_ewma_s / limits.max_concurrent
             retry_ms = max(1, math.ceil(expected_s * 1e3))
-            raise OverloadedError(
+            return OverloadedError(
                 f"tenant {tenant!r} has {state.in_flight} requests in progress, its quota is "
                 f"{limits.max_concurrent}; retry after {retry_ms} ms",
                 retry_after_ms=retry_ms,
@@ -137,7 +145,7 @@ class TenantLimiter:
             wait_s = state.bucket.take(now_s)
             if wait_s > 0:
                 retry_ms = max(1, math.ceil(wait_s * 1e3))
-                raise OverloadedError(
+                return OverloadedError(
                     f"tenant {tenant!r} is over its rate limit of {limits.rate_per_s:g} "
                     f"requests/s (burst {max(1, limits.burst)}); retry after {retry_ms} ms",
                     retry_after_ms=retry_ms,

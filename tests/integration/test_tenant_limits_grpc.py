@@ -131,3 +131,38 @@ def test_deadlines_are_capped_at_the_configured_maximum(start_gateway, tmp_path)
     assert isinstance(queued, grpc.aio.AioRpcError)
     assert queued.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert isinstance(held, pb.ModelInferResponse)
+
+
+def test_a_refused_call_is_not_decoded_or_logged_and_a_malformed_one_is_invalid(
+    start_gateway, tmp_path, caplog
+) -> None:
+    home = tmp_path / "home"
+    token = tokens(home, {"acme": TenantLimits(rate_per_s=0.01, burst=1)})
+    repository = write_sample_repository(tmp_path / "repo")
+    running = start_gateway(repository, auth="required", home=home)
+    not_protobuf = b"\xff\xff\xff not a ModelInferRequest"
+
+    async def scenario() -> list[BaseException | bytes]:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            raw = channel.unary_unary(INFER, None, None)  # bytes in, bytes out
+            outcomes = []
+            for tenant in ("acme", "acme", "beta"):  # acme's one token, acme refused, beta
+                metadata = (("authorization", f"Bearer {token[tenant]}"),)
+                answer = await asyncio.gather(
+                    raw(not_protobuf, metadata=metadata, timeout=30), return_exceptions=True
+                )
+                outcomes.append(answer[0])
+            return outcomes
+
+    with caplog.at_level("INFO"):
+        first, refused, other = asyncio.run(scenario())
+    for malformed in (first, other):  # admitted, then found not to be a message
+        assert isinstance(malformed, grpc.aio.AioRpcError)
+        assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid inference.ModelInferRequest" in (malformed.details() or "")
+    # Over its limit, the same bytes are refused for the rate before anyone parses them.
+    assert isinstance(refused, grpc.aio.AioRpcError)
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "over its rate limit" in (refused.details() or "")
+    assert int(trailer(refused)["retry-after-ms"]) >= 1
+    assert not [r for r in caplog.records if "rate limit" in r.getMessage()]
