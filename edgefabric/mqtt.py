@@ -11,7 +11,12 @@ wait for the thread that runs them, so they raise ``TransportError`` there; ``su
 from a handler sends the SUBSCRIBE without waiting for the broker's acknowledgement.
 
 After a dropped connection paho reconnects by itself (exponential back-off); the client then
-subscribes again to every filter it holds, and requests waiting for a reply fail at once.
+subscribes again to every filter it holds, and requests waiting for a reply fail at once. It
+reports itself connected again (``connected``, ``wait_connected``, the connection listeners) only
+once the broker has acknowledged every re-subscription, so a message published by anyone after
+that report reaches its handlers. A re-subscription the broker refuses is logged as an error and
+listed in :attr:`MqttClient.refused_subscriptions`; the client reports itself connected all the
+same.
 
 A process holding hundreds of connections passes ``loop=`` an :class:`MqttLoop` (see
 ``edgefabric.mqtt_loop``): one thread then serves every client given that loop, instead of a
@@ -240,7 +245,10 @@ class MqttClient:
         self._keepalive_s = keepalive_s
         self._lock = threading.RLock()
         self._state = _State.NEW
-        self._connected = threading.Event()
+        self._connected = threading.Event()  # reported: CONNACK and every re-subscription SUBACK
+        self._session_up = False  # CONNACK received; subscriptions may be sent
+        self._resubscribing: dict[int, str] = {}  # SUBSCRIBE message id -> filter, after CONNACK
+        self._refused: dict[str, str] = {}  # filter -> the broker's reason, last (re)connection
         self._connack = threading.Event()
         self._connack_error: str | None = None
         self._loop_thread: int | None = None
@@ -258,7 +266,6 @@ class MqttClient:
         self._socket_gone.set()
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         client.reconnect_delay_set(reconnect_min_delay_s, reconnect_max_delay_s)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
@@ -266,15 +273,19 @@ class MqttClient:
             client.username_pw_set(username, password)
         if address.tls:
             client.tls_set_context(tls_context or ssl.create_default_context())
+        self._paho = client
+        self._set_callbacks(client, shared_loop=loop is not None)
+
+    def _set_callbacks(self, client: paho.Client, *, shared_loop: bool) -> None:
+        client.on_log = _log_paho
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        if loop is not None:
+        if shared_loop:
             client.on_socket_open = self._socket_opened
             client.on_socket_close = self._socket_closed
             client.on_socket_register_write = self._socket_wants_write
-        self._paho = client
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -336,6 +347,9 @@ class MqttClient:
             self._state = _State.CLOSED
         if was_running:
             self._abandon()
+        with self._lock:
+            self._session_up = False
+            self._resubscribing.clear()
         self._fail_pending(f"MQTT client {self.client_id!r} was closed")
 
     def __enter__(self) -> MqttClient:
@@ -347,12 +361,21 @@ class MqttClient:
 
     @property
     def connected(self) -> bool:
-        """Whether the client holds an acknowledged connection right now."""
+        """Whether the client holds an acknowledged connection right now, with every
+        re-subscription acknowledged by the broker after a reconnect."""
         return self._connected.is_set()
 
     def wait_connected(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for a (re)connection; whether the client is connected."""
+        """Wait up to ``timeout_s`` for a (re)connection with its re-subscriptions
+        acknowledged; whether the client is connected."""
         return self._connected.wait(timeout_s)
+
+    @property
+    def refused_subscriptions(self) -> dict[str, str]:
+        """Filters the broker refused to subscribe again after the last reconnect, with its
+        reason (a copy; empty when every re-subscription was granted)."""
+        with self._lock:
+            return dict(self._refused)
 
     @property
     def max_packet_size(self) -> int | None:
@@ -387,7 +410,7 @@ class MqttClient:
                 self._next_subscription_id += 1
             subscription = _Subscription(topic_filter, handler, qos, identifier)
             self._subscriptions[topic_filter] = subscription
-            if not self.connected:
+            if not self._session_up:
                 return  # sent by _on_connect
             outcome = self._send_subscribe(subscription)
         if outcome is None or self._on_loop_thread():
@@ -403,7 +426,7 @@ class MqttClient:
     def unsubscribe(self, topic_filter: str) -> None:
         """Stop delivering ``topic_filter``; does not wait for the broker's UNSUBACK."""
         with self._lock:
-            if self._subscriptions.pop(topic_filter, None) is None or not self.connected:
+            if self._subscriptions.pop(topic_filter, None) is None or not self._session_up:
                 return
         rc, _ = self._paho.unsubscribe(topic_filter)
         if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -513,7 +536,7 @@ class MqttClient:
 
     def _abandon(self) -> None:
         if self._io_loop is None:
-            self._paho.disconnect()
+            self._paho.disconnect()  # without a socket: only marks paho disconnected, quietly
             self._paho.loop_stop()
         else:
             self._io_loop._detach(self)  # before the socket closes: no reconnect
@@ -550,6 +573,15 @@ class MqttClient:
 
     def _send_subscribe(self, subscription: _Subscription) -> _Outcome | None:
         """Send one SUBSCRIBE (holding ``_lock``, so the SUBACK cannot overtake its record)."""
+        mid = self._send_subscribe_packet(subscription)
+        if mid is None:
+            return None
+        outcome = _Outcome()
+        self._subacks[mid] = outcome
+        return outcome
+
+    def _send_subscribe_packet(self, subscription: _Subscription) -> int | None:
+        """Send one SUBSCRIBE; its message id, or ``None`` (logged) when paho cannot."""
         properties = None
         if self._subscription_ids_available:
             properties = _properties(PacketTypes.SUBSCRIBE)
@@ -567,9 +599,7 @@ class MqttClient:
                 paho.error_string(rc),
             )
             return None
-        outcome = _Outcome()
-        self._subacks[mid] = outcome
-        return outcome
+        return int(mid)
 
     def _await_suback(self, outcome: _Outcome, topic_filter: str, timeout_s: float) -> None:
         try:
@@ -612,18 +642,27 @@ class MqttClient:
             getattr(properties, "SubscriptionIdentifierAvailable", 1)
         )
         with self._lock:
+            self._session_up = True
+            self._resubscribing.clear()
+            self._refused.clear()
             for subscription in self._subscriptions.values():
-                self._send_subscribe(subscription)  # acknowledged in _on_subscribe
-            self._connected.set()
+                mid = self._send_subscribe_packet(subscription)
+                if mid is not None:  # reported connected once all are acknowledged (_on_subscribe)
+                    self._resubscribing[mid] = subscription.topic_filter
+            ready = not self._resubscribing
+            if ready:
+                self._connected.set()
             listeners = list(self._listeners)
         logger.info(
-            "connected to %s as %s (session present: %s)",
+            "connected to %s as %s (session present: %s; %d subscription(s) to restore)",
             self.address,
             self.client_id,
             flags.session_present,
+            len(self._resubscribing),
         )
         self._connack.set()
-        self._notify(listeners, connected=True)
+        if ready:
+            self._notify(listeners, connected=True)
 
     def _on_disconnect(
         self,
@@ -634,11 +673,14 @@ class MqttClient:
         _properties: Properties | None,
     ) -> None:
         with self._lock:
-            was_connected = self._connected.is_set()
+            was_up = self._session_up
+            reported = self._connected.is_set()
+            self._session_up = False
+            self._resubscribing.clear()
             self._connected.clear()
             listeners = list(self._listeners)
             closing = self._state is _State.CLOSED
-            if not was_connected and not self._connack.is_set():
+            if not was_up and not self._connack.is_set():
                 # Dropped before any CONNACK: connect() fails now rather than at its timeout.
                 # With TLS 1.3 this is how a refused client certificate shows.
                 self._connack_error = (
@@ -647,12 +689,13 @@ class MqttClient:
                     "expired or from another CA (the broker's log says which)"
                 )
                 self._connack.set()
-        if not was_connected:
+        if not was_up:
             return
         if not closing:
             logger.warning("lost connection to %s (%s); reconnecting", self.address, reason_code)
         self._fail_pending(f"connection to MQTT broker {self.address} lost ({reason_code})")
-        self._notify(listeners, connected=False)
+        if reported:  # listeners never heard of a connection dropped while re-subscribing
+            self._notify(listeners, connected=False)
 
     def _on_subscribe(
         self,
@@ -662,14 +705,34 @@ class MqttClient:
         reason_codes: list[ReasonCode],
         _properties: Properties | None,
     ) -> None:
+        refused = next((code for code in reason_codes if code.is_failure), None)
+        listeners: list[Callable[[bool], None]] = []
         with self._lock:
             outcome = self._subacks.pop(mid, None)
+            topic_filter = self._resubscribing.pop(mid, None)
+            if topic_filter is not None:
+                if refused is not None:
+                    self._refused[topic_filter] = str(refused)
+                if not self._resubscribing and self._session_up and not self._connected.is_set():
+                    self._connected.set()
+                    listeners = list(self._listeners)
         if outcome is not None:
             outcome.reason_codes = reason_codes
             outcome.done.set()
-        for code in reason_codes:
-            if code.is_failure:
-                logger.error("MQTT broker %s refused a subscription: %s", self.address, code)
+        if refused is not None and topic_filter is not None:
+            logger.error(
+                "MQTT broker %s refused to restore the subscription to %r after reconnecting "
+                "(%s): its messages will not arrive; check the broker's ACL for %s",
+                self.address,
+                topic_filter,
+                refused,
+                self.client_id,
+            )
+        elif refused is not None:
+            logger.error("MQTT broker %s refused a subscription: %s", self.address, refused)
+        if listeners:
+            logger.info("subscriptions on %s restored; reporting connected", self.address)
+            self._notify(listeners, connected=True)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, raw: paho.MQTTMessage) -> None:
         try:
@@ -752,6 +815,18 @@ class MqttClient:
                 listener(connected)
             except Exception:
                 logger.exception("connection listener failed")
+
+
+_paho_logger = logging.getLogger(f"{__name__}.paho")
+
+
+def _log_paho(_client: paho.Client, _userdata: Any, level: int, text: str) -> None:
+    """paho's log, at its levels, except the error its network thread logs for a missing socket
+    while it waits to reconnect or stops after close(): expected there, so debug."""
+    std_level = paho.LOGGING_LEVEL.get(level, logging.DEBUG)  # type: ignore[call-overload]
+    if text.startswith("Client is not connected"):
+        std_level = logging.DEBUG
+    _paho_logger.log(std_level, "%s", text)
 
 
 def _disable_nagle(sock: object) -> None:

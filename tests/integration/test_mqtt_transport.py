@@ -178,9 +178,8 @@ def test_reconnects_and_resubscribes_after_broker_restart(
     assert changes.get(timeout=WAIT_S) is False
     assert changes.get(timeout=WAIT_S) is True
     assert publisher.wait_connected(WAIT_S)
-    # Retained: the re-subscription may reach the broker after this publish; either way only
-    # a restored subscription delivers it.
-    publisher.publish("test/after-restart", b"still here", retain=True, wait=True)
+    # Not retained: reported reconnected means the re-subscription was acknowledged.
+    publisher.publish("test/after-restart", b"still here", wait=True)
     assert received.get(timeout=WAIT_S).payload == b"still here"
 
 
@@ -241,3 +240,30 @@ def test_handlers_run_one_at_a_time_on_the_network_thread(
     client.publish(topic, b"2")
     first, second = threads.get(timeout=WAIT_S), threads.get(timeout=WAIT_S)
     assert first == second != threading.get_ident()
+
+
+def test_reports_reconnected_only_once_the_subscriptions_are_restored(
+    mqtt_broker: PrivateBroker, connect_mqtt: ConnectMqtt
+) -> None:
+    subscriber = connect_mqtt(mqtt_broker, reconnect_min_delay_s=1)
+    for index in range(50):  # a backlog of SUBSCRIBEs for the broker to work through
+        subscriber.subscribe(f"test/restored/{index}", lambda _message: None)
+    received = collect(subscriber, "test/restored/last")
+    publisher: list[MqttClient] = []
+    publisher_ready = threading.Event()
+    published = threading.Event()
+
+    def publish_on_report(connected: bool) -> None:  # the instant the subscriber says so
+        if connected and publisher_ready.wait(WAIT_S):
+            publisher[0].publish("test/restored/last", b"right after", qos=1)
+            published.set()
+
+    subscriber.on_connection_change(publish_on_report)
+
+    mqtt_broker.restart()
+    publisher.append(connect_mqtt(mqtt_broker))
+    publisher_ready.set()
+
+    assert published.wait(WAIT_S), "the subscriber never reported itself reconnected"
+    assert received.get(timeout=WAIT_S).payload == b"right after"
+    assert subscriber.refused_subscriptions == {}
