@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: latency summaries and a gateway subprocess."""
+"""Helpers shared by the benchmarks: latency summaries, timed calls and child processes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,25 @@ def summarize(latencies_s: Sequence[float]) -> dict[str, float]:
     }
 
 
+def added_latency(path: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """What ``path`` adds over ``base`` at p50 and p99 (both :func:`summarize` results)."""
+    return {
+        "added_p50_ms": round(path["p50_ms"] - base["p50_ms"], 4),
+        "added_p99_ms": round(path["p99_ms"] - base["p99_ms"], 4),
+    }
+
+
+def timed_infers(client: Any, model: str, inputs: Sequence[Any], count: int) -> list[float]:
+    """Latencies, in seconds, of ``count`` sequential ``client.infer(model, inputs)`` calls
+    (a ``tritonclient.grpc.InferenceServerClient``)."""
+    latencies = []
+    for _ in range(count):
+        start = time.perf_counter()
+        client.infer(model, list(inputs))
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
 def emit(result: dict[str, Any], sink: list[dict[str, Any]]) -> None:
     """Print one JSON object per result and keep it for the results file."""
     print(json.dumps(result), flush=True)
@@ -40,6 +60,29 @@ def save(name: str, results: list[dict[str, Any]]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     return path
+
+
+@contextmanager
+def ready_process(
+    command: list[str], what: str, *, stop_timeout_s: float = 10.0, **popen: Any
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run ``command``, wait for its first line to say ``listening on HOST:PORT``; yields that
+    address and the process, and stops it afterwards (SIGTERM, then SIGKILL after
+    ``stop_timeout_s``)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **popen)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"{what} did not start: {line!r}")
+        yield line.rsplit(" ", 1)[1].strip(), process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
@@ -56,16 +99,9 @@ def gateway_process(
         "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "-1", *extra,
     ]  # fmt: skip
     env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=source, env=env)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"gateway did not start: {line!r}")
-        yield line.rsplit(" ", 1)[1].strip(), process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    started = ready_process(command, "gateway", stop_timeout_s=30.0, cwd=source, env=env)
+    with started as (address, process):
+        yield address, process.pid
 
 
 def rss_mib(pid: int) -> float:

@@ -24,7 +24,6 @@ import asyncio
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,15 @@ import grpc
 import numpy as np
 import tritonclient.grpc as triton
 
-from bench._common import emit, gateway_process, save, summarize
+from bench._common import (
+    added_latency,
+    emit,
+    gateway_process,
+    ready_process,
+    save,
+    summarize,
+    timed_infers,
+)
 from edge_agent.relay import InferRelay
 from edgefabric import topics
 from edgefabric.dataplane import DataPlane
@@ -91,32 +98,8 @@ async def serve_device(broker: str, repository: Path) -> None:
 def device_process(broker: str, repository: Path) -> Iterator[str]:
     """Run :func:`serve_device` in its own process; yields its gRPC host:port."""
     command = [sys.executable, "-m", "bench.edge_relay", "--device-on", broker, str(repository)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"device did not start: {line!r}")
-        yield line.rsplit(" ", 1)[1].strip()
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def timed(
-    client: triton.InferenceServerClient, tensor: triton.InferInput, count: int
-) -> list[float]:
-    """Latencies of ``count`` sequential requests."""
-    latencies = []
-    for _ in range(count):
-        start = time.perf_counter()
-        client.infer(MODEL, [tensor])
-        latencies.append(time.perf_counter() - start)
-    return latencies
+    with ready_process(command, "device") as (address, _):
+        yield address
 
 
 def ready(client: triton.InferenceServerClient, timeout_s: float = 30.0) -> None:
@@ -126,14 +109,6 @@ def ready(client: triton.InferenceServerClient, timeout_s: float = 30.0) -> None
         if time.monotonic() > deadline:
             raise RuntimeError(f"{MODEL} did not become ready through the gateway")
         time.sleep(0.1)  # a benchmark's setup, not a test: polling the public API is fine
-
-
-def added(path: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    """What ``path`` adds over ``base`` at p50 and p99."""
-    return {
-        "added_p50_ms": round(path["p50_ms"] - base["p50_ms"], 4),
-        "added_p99_ms": round(path["p99_ms"] - base["p99_ms"], 4),
-    }
 
 
 def main() -> None:
@@ -173,11 +148,11 @@ def main() -> None:
             ready(client)
             if not np.array_equal(client.infer(MODEL, [tensor]).as_numpy("output"), x):
                 raise RuntimeError("a hop changed the answer")
-            timed(client, tensor, args.warmup)
+            timed_infers(client, MODEL, [tensor], args.warmup)
         for round_index in range(args.rounds):  # rotate the order so drift hits every path
             shift = round_index % len(PATHS)
             for name in PATHS[shift:] + PATHS[:shift]:
-                latencies[name] += timed(clients[name], tensor, per_round)
+                latencies[name] += timed_infers(clients[name], MODEL, [tensor], per_round)
 
     results: list[dict[str, Any]] = []
     emit(
@@ -209,7 +184,7 @@ def main() -> None:
             {
                 "bench": "edge_relay",
                 "comparison": f"{path}_vs_{base}",
-                **added(summaries[path], summaries[base]),
+                **added_latency(summaries[path], summaries[base]),
                 "p50_ratio": round(summaries[path]["p50_ms"] / summaries[base]["p50_ms"], 2),
             },
             results,

@@ -20,10 +20,8 @@ import asyncio
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -35,7 +33,15 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from bench._common import emit, gateway_process, save, summarize
+from bench._common import (
+    added_latency,
+    emit,
+    gateway_process,
+    ready_process,
+    save,
+    summarize,
+    timed_infers,
+)
 from edgefabric.errors import EdgefabricError, grpc_status_for
 from edgefabric.samples import identity_model, write_model
 from gateway.pools.remote import RemoteKServePool
@@ -105,40 +111,8 @@ def proxy_process(backend: str, mode: str, channels: int) -> Iterator[str]:
     """Run :func:`serve_proxy` in its own process; yields its host:port."""
     command = [sys.executable, "-m", "bench.routing_hop", "--proxy-for", backend]
     command += ["--proxy-mode", mode, "--channels", str(channels)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"proxy did not start: {line!r}")
-        yield line.rsplit(" ", 1)[1].strip()
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def timed(
-    client: triton.InferenceServerClient, tensor: triton.InferInput, count: int
-) -> list[float]:
-    """Latencies of ``count`` sequential requests."""
-    latencies = []
-    for _ in range(count):
-        start = time.perf_counter()
-        client.infer(MODEL, [tensor])
-        latencies.append(time.perf_counter() - start)
-    return latencies
-
-
-def compare(path: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    """What ``path`` adds over ``base`` at p50 and p99."""
-    return {
-        "added_p50_ms": round(path["p50_ms"] - base["p50_ms"], 4),
-        "added_p99_ms": round(path["p99_ms"] - base["p99_ms"], 4),
-    }
+    with ready_process(command, "proxy") as (address, _):
+        yield address
 
 
 def main() -> None:
@@ -180,11 +154,11 @@ def main() -> None:
         for client in clients.values():
             if not np.array_equal(client.infer(MODEL, [tensor]).as_numpy("output"), x):
                 raise RuntimeError("a hop changed the answer")
-            timed(client, tensor, args.warmup)
+            timed_infers(client, MODEL, [tensor], args.warmup)
         for round_index in range(args.rounds):  # rotate the order so drift hits every path
             shift = round_index % len(paths)
             for name in paths[shift:] + paths[:shift]:
-                latencies[name] += timed(clients[name], tensor, per_round)
+                latencies[name] += timed_infers(clients[name], MODEL, [tensor], per_round)
 
     results: list[dict[str, Any]] = []
     emit(
@@ -211,7 +185,7 @@ def main() -> None:
     for name, summary in summaries.items():
         emit({"bench": "routing_hop", "target": name, **summary}, results)
     for hop in ("via_gateway_hop", "via_pool_hop"):
-        added = compare(summaries[hop], summaries["direct"])
+        added = added_latency(summaries[hop], summaries["direct"])
         emit(
             {
                 "bench": "routing_hop",
@@ -227,7 +201,7 @@ def main() -> None:
         {
             "bench": "routing_hop",
             "comparison": "via_gateway_hop_vs_via_bare_stub_hop",
-            **compare(summaries["via_gateway_hop"], summaries["via_bare_stub_hop"]),
+            **added_latency(summaries["via_gateway_hop"], summaries["via_bare_stub_hop"]),
             "note": "what the gateway (servicer, router, pool) adds over a bare Python gRPC hop",
         },
         results,
@@ -236,7 +210,7 @@ def main() -> None:
         {
             "bench": "routing_hop",
             "comparison": "via_pool_hop_vs_via_bare_stub_hop",
-            **compare(summaries["via_pool_hop"], summaries["via_bare_stub_hop"]),
+            **added_latency(summaries["via_pool_hop"], summaries["via_bare_stub_hop"]),
             "note": "what RemoteKServePool adds over forwarding with a bare grpc.aio stub",
         },
         results,
