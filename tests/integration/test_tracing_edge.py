@@ -6,7 +6,7 @@ no inbound port serving mlp:1 through its relay, a gateway with ``--pool edge=mq
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,6 @@ import tritonclient.grpc as triton
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from edgefabric.telemetry import tracing
 from tests.conftest import GatewayThread
 from tests.integration.test_edge_agent import Fabric, fabric, store_home  # noqa: F401
 from tests.integration.test_edge_relay import gateway_for, portless, serving, wait_pool  # noqa: F401
@@ -24,16 +23,6 @@ pytestmark = pytest.mark.integration
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN_ID = "b7ad6b7169203331"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.configure("edgefabric-test", exporter=exporter)
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
 
 
 def test_the_trace_continues_on_the_edge_agent(
