@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from edgefabric.mosquitto import PrivateBroker
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient
 from edgefabric.samples import mlp_model
 from edgefabric.wire.v1.gateway_pb2 import GatewayStats
+
+if TYPE_CHECKING:
+    from model_store.fleet_records import DeviceRow
 
 __all__ = ["FabricOptions", "LocalFabric", "PoolTotals"]
 
@@ -189,13 +192,8 @@ class LocalFabric:
 
     def fleet_versions(self) -> dict[str, str]:
         """``device -> 'mlp:N'`` from the controller's device table."""
-        from model_store.fleet_db import fleet_database_path  # noqa: PLC0415
-        from model_store.fleet_view import read_rows  # noqa: PLC0415  (store side, lazily)
-        from model_store.home import StoreHome  # noqa: PLC0415
-
-        rows = read_rows(fleet_database_path(StoreHome(self.home)))
         versions = {}
-        for row in rows:
+        for row in self._device_rows():
             active = [f"{m.model}:{m.active}" for m in row.models if m.active is not None]
             versions[row.device_id] = ",".join(active) or "-"
         return versions
@@ -233,16 +231,20 @@ class LocalFabric:
             )  # fmt: skip
         run_command(self.home, "model", "promote", f"{MODEL}:1", "--stage", "production")
 
-    def _wait_for_devices(self) -> None:
-        """Until the controller's device table lists every agent online (rollouts read it)."""
-        from model_store.fleet_db import fleet_database_path  # noqa: PLC0415
+    def _device_rows(self) -> list[DeviceRow]:
+        """``fleet status`` rows from the controller's device table (none before it exists)."""
+        from model_store.fleet_db import fleet_database_path  # noqa: PLC0415  (store side)
         from model_store.fleet_view import read_rows  # noqa: PLC0415
         from model_store.home import StoreHome  # noqa: PLC0415
 
         path = fleet_database_path(StoreHome(self.home))
+        return read_rows(path) if path.exists() else []
+
+    def _wait_for_devices(self) -> None:
+        """Until the controller's device table lists every agent online (rollouts read it)."""
         deadline = time.monotonic() + self.options.wait_s
         while time.monotonic() < deadline:
-            if path.exists() and sum(r.online for r in read_rows(path)) >= len(self.devices):
+            if sum(row.online for row in self._device_rows()) >= len(self.devices):
                 return
             time.sleep(0.2)  # the table is flushed every 0.5 s by another process
         raise TimeoutError(f"agents did not all come online within {self.options.wait_s}s")
