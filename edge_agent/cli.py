@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge_agent.settings import AgentSettings, read_settings_file
-from edgefabric.security.flags import TLS_FIELDS, add_tls_arguments
+from edgefabric.security.flags import TLS_FIELDS, add_mqtt_tls_arguments, add_tls_arguments
 
 __all__ = ["register"]
 
@@ -24,9 +24,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--settings", type=Path, help="TOML file with any of the settings below")
     run.add_argument("--device-id", help="this device's id")
     run.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    run.add_argument("--mqtt-ca", type=Path, help="CA certificate of an mqtts:// broker (PEM)")
-    run.add_argument("--mqtt-cert", type=Path, help="this device's client certificate (PEM)")
-    run.add_argument("--mqtt-key", type=Path, help="the client certificate's key (PEM)")
+    add_mqtt_tls_arguments(run, cert_help="this device's client certificate (PEM)")
     run.add_argument("--trust-root", type=Path, help="the store's TUF root.json")
     run.add_argument("--data-dir", type=Path, help="where the agent keeps models and state")
     run.add_argument("--desired-key", type=Path, help="controller public key (PEM)")

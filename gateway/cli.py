@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edgefabric.security.flags import add_tls_arguments
+from edgefabric.security.flags import add_mqtt_tls_arguments, add_tls_arguments
 from gateway.settings import GatewaySettings
 
 __all__ = ["register"]
@@ -42,11 +42,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="pool NAME=grpc://HOST:PORT (a KServe v2 server) or NAME=mqtt[s]://HOST:PORT (edge "
         "agents behind that broker, by relay); repeatable",
     )
-    serve.add_argument("--mqtt-ca", type=Path, help="CA certificate of the mqtts:// broker (PEM)")
-    serve.add_argument(
-        "--mqtt-cert", type=Path, help="the gateway's MQTT client certificate (PEM, role gateway)"
+    add_mqtt_tls_arguments(
+        serve, cert_help="the gateway's MQTT client certificate (PEM, role gateway)"
     )
-    serve.add_argument("--mqtt-key", type=Path, help="the MQTT client certificate's key (PEM)")
     serve.add_argument(
         "--route", dest="routes", action="append", help="route table entry (repeatable)"
     )

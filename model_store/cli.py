@@ -9,9 +9,10 @@ from pathlib import Path
 
 from edgefabric.errors import EdgefabricError, InvalidModelError
 from edgefabric.golden import Tolerance
+from edgefabric.security.flags import add_mqtt_tls_arguments
 from edgefabric.targets import model_target_path
 from model_store.distribution import DEFAULT_CHUNK_SIZE
-from model_store.enroll import add_mqtt_tls_arguments, mqtt_tls_from, register_enroll
+from model_store.enroll import mqtt_tls_from, register_enroll
 from model_store.export import DEFAULT_MAX_BATCH_SIZE, export_versions
 from model_store.fleet_view import register_fleet_status
 from model_store.home import StoreHome

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BrokerFiles",
     "acl_text",
-    "add_mqtt_tls_arguments",
     "broker_config_text",
     "mqtt_tls_from",
     "register_enroll",
@@ -194,13 +193,6 @@ def write_broker_config(
 
 Action = Callable[[ModelStore, argparse.Namespace], int]
 Run = Callable[[Action], Callable[..., int]]
-
-
-def add_mqtt_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--mqtt-ca``, ``--mqtt-cert``, ``--mqtt-key`` for a command that connects to a broker."""
-    parser.add_argument("--mqtt-ca", type=Path, help="CA certificate of an mqtts:// broker (PEM)")
-    parser.add_argument("--mqtt-cert", type=Path, help="client certificate (PEM) for mutual TLS")
-    parser.add_argument("--mqtt-key", type=Path, help="the client certificate's key (PEM)")
 
 
 def mqtt_tls_from(args: argparse.Namespace) -> MqttTls | None:

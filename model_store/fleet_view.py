@@ -28,7 +28,8 @@ from pathlib import Path
 from edgefabric import topics
 from edgefabric.errors import EdgefabricError, TransportError
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient
-from model_store.enroll import add_mqtt_tls_arguments, mqtt_tls_from
+from edgefabric.security.flags import add_mqtt_tls_arguments
+from model_store.enroll import mqtt_tls_from
 from model_store.fleet_db import FleetDatabase, fleet_database_path
 from model_store.fleet_records import (
     DeviceRecord,

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from edgefabric import topics
-from model_store.enroll import add_mqtt_tls_arguments, mqtt_tls_from
+from edgefabric.security.flags import add_mqtt_tls_arguments
+from model_store.enroll import mqtt_tls_from
 from model_store.store import ModelStore
 
 if TYPE_CHECKING:

@@ -40,7 +40,8 @@ from edgefabric import topics
 from edgefabric.desired import load_public_key
 from edgefabric.errors import EdgefabricError, TransportError
 from edgefabric.mqtt import BrokerAddress, Message, MqttClient, MqttLoop, MqttTls, Will
-from model_store.enroll import add_mqtt_tls_arguments, mqtt_tls_from
+from edgefabric.security.flags import add_mqtt_tls_arguments
+from model_store.enroll import mqtt_tls_from
 from model_store.sim_device import Behaviour, Key, SimulatedDevice
 
 __all__ = [

@@ -1,11 +1,11 @@
-"""Command-line flags shared by every server command that opens a gRPC port."""
+"""Command-line flags shared by the commands: gRPC listener TLS and MQTT client TLS."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-__all__ = ["TLS_FIELDS", "add_tls_arguments"]
+__all__ = ["TLS_FIELDS", "add_mqtt_tls_arguments", "add_tls_arguments"]
 
 TLS_FIELDS = ("tls_cert", "tls_key", "tls_client_ca", "tls_client_auth", "insecure")
 """Settings fields the flags below fill (``None`` when a flag is not given)."""
@@ -30,3 +30,12 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="allow plaintext gRPC on an address other machines can reach",
     )
+
+
+def add_mqtt_tls_arguments(
+    parser: argparse.ArgumentParser, *, cert_help: str = "client certificate (PEM) for mutual TLS"
+) -> None:
+    """``--mqtt-ca``, ``--mqtt-cert``, ``--mqtt-key`` for a command that connects to a broker."""
+    parser.add_argument("--mqtt-ca", type=Path, help="CA certificate of an mqtts:// broker (PEM)")
+    parser.add_argument("--mqtt-cert", type=Path, help=cert_help)
+    parser.add_argument("--mqtt-key", type=Path, help="the client certificate's key (PEM)")
